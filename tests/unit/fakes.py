@@ -1,0 +1,26 @@
+"""Fakes for unit tests: a client that runs FakeModel in process, no Ray involved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xz_serve.models.fake import FakeModel
+from xz_serve.models.postprocess import label_outputs
+from xz_serve.types import BatchStats, PredictResult
+
+
+class FakeNluClient:
+    """Implements NluClient with FakeModel; records every call's texts."""
+
+    def __init__(self) -> None:
+        self.model = FakeModel()
+        self.calls: list[list[str]] = []
+
+    async def predict(self, texts: list[str]) -> PredictResult:
+        self.calls.append(texts)
+        outputs = self.model.predict(texts)
+        predictions = label_outputs(outputs, self.model.labels, outputs.token_counts, top_k=3)
+        return PredictResult(predictions, BatchStats(0.1, 1.0, len(texts), 1), self.model.model_id)
+
+    async def describe(self) -> dict[str, Any]:
+        return {"model_id": self.model.model_id}

@@ -1,0 +1,1 @@
+"""HTTP layer: wire models, validation, error mapping, routes and the Serve ingress."""

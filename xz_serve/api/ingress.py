@@ -1,0 +1,27 @@
+"""Ingress: the Serve deployment that owns the HTTP app and the handle to the model replicas."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from xz_serve.api.client import ServeNluClient
+from xz_serve.api.routes import create_api
+from xz_serve.settings import ApiSpec, BatchSpec
+
+log = logging.getLogger(__name__)
+
+
+@serve.ingress()
+class Ingress:
+    """Validates, calls the NLU replicas once per request (in batch-sized chunks), shapes JSON."""
+
+    def __init__(self, nlu: DeploymentHandle, api: ApiSpec, batch: BatchSpec) -> None:
+        client = ServeNluClient(nlu, batch.max_batch_size, api.request_timeout_s)
+        self._app = create_api(client, api)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self._app

@@ -1,0 +1,170 @@
+"""create_api: the FastAPI app; each route validates, calls the NLU client once and shapes JSON."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+
+from xz_serve import __version__
+from xz_serve.api import schemas
+from xz_serve.api.client import NluClient
+from xz_serve.api.errors import BodyLimitMiddleware, install_error_handlers
+from xz_serve.api.validation import request_texts
+from xz_serve.errors import InvalidInputError, XzError
+from xz_serve.settings import ApiSpec
+from xz_serve.types import PredictResult, TextPrediction
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": schemas.ErrorResponse, "description": text}
+    for status, text in [
+        (400, "Malformed request"),
+        (413, "Too many texts, a text too long, or a body too large"),
+        (424, "The model failed on this input"),
+        (503, "Overloaded or not ready; see Retry-After"),
+    ]
+}
+
+
+def _headers(result: PredictResult, started: float) -> dict[str, str]:
+    return {
+        "x-request-id": uuid.uuid4().hex,
+        "x-model": result.model_id,
+        "x-queue-time-ms": f"{result.stats.queue_ms:.2f}",
+        "x-inference-time-ms": f"{result.stats.inference_ms:.2f}",
+        "x-batch-size": str(result.stats.batch_texts),
+        "x-total-time-ms": f"{(time.perf_counter() - started) * 1000:.2f}",
+    }
+
+
+def _intent(pred: TextPrediction, top_k: int) -> dict[str, Any]:
+    label, confidence = pred.intents[0]
+    return {
+        "label": label,
+        "confidence": round(confidence, 6),
+        "top_k": [{"label": lab, "confidence": round(p, 6)} for lab, p in pred.intents[:top_k]],
+    }
+
+
+def _sentiment(pred: TextPrediction) -> dict[str, Any]:
+    scores = {k: round(v, 6) for k, v in pred.sentiment.items()}
+    return {"label": max(scores, key=scores.__getitem__), "scores": scores}
+
+
+def create_api(client: NluClient, api: ApiSpec, oos_label: str = "oos") -> FastAPI:
+    """Build the HTTP app around ``client``; Serve wraps it, tests drive it directly."""
+    app = FastAPI(
+        title="xz_serve",
+        version=__version__,
+        description="Intent, sentiment and embeddings for XiaoZhua, served on Ray Serve.",
+        responses=ERRORS,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
+
+    def out_of_scope(pred: TextPrediction) -> bool:
+        label, confidence = pred.intents[0]
+        return label == oos_label or confidence < api.oos_threshold
+
+    async def run(request: schemas.TextsRequest) -> tuple[PredictResult, int, float]:
+        started = time.perf_counter()
+        texts = request_texts(request.text, request.texts, api)
+        return await client.predict(texts), request.top_k or api.top_k, started
+
+    @app.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
+    async def analyze(request: schemas.TextsRequest) -> Response:
+        """Intent, sentiment and out-of-scope flag per text, from one encoder pass."""
+        result, top_k, started = await run(request)
+        results = [
+            {
+                "index": i,
+                "intent": _intent(p, top_k),
+                "sentiment": _sentiment(p),
+                "out_of_scope": out_of_scope(p),
+            }
+            for i, p in enumerate(result.predictions)
+        ]
+        body = {"model": result.model_id, "results": results}
+        return JSONResponse(body, headers=_headers(result, started))
+
+    @app.post("/v1/intent", response_model=schemas.AnalyzeResponse, tags=["nlu"])
+    async def intent(request: schemas.TextsRequest) -> Response:
+        """Intent and out-of-scope flag per text."""
+        result, top_k, started = await run(request)
+        results = [
+            {"index": i, "intent": _intent(p, top_k), "out_of_scope": out_of_scope(p)}
+            for i, p in enumerate(result.predictions)
+        ]
+        return JSONResponse({"model": result.model_id, "results": results}, headers=_headers(result, started))
+
+    @app.post("/v1/sentiment", response_model=schemas.AnalyzeResponse, tags=["nlu"])
+    async def sentiment(request: schemas.TextsRequest) -> Response:
+        """Sentiment label and scores per text."""
+        result, _, started = await run(request)
+        results = [{"index": i, "sentiment": _sentiment(p)} for i, p in enumerate(result.predictions)]
+        return JSONResponse({"model": result.model_id, "results": results}, headers=_headers(result, started))
+
+    @app.post("/v1/embeddings", response_model=schemas.EmbeddingResponse, tags=["embeddings"])
+    async def embeddings(request: schemas.EmbeddingRequest) -> Response:
+        """OpenAI-compatible embeddings (L2-normalised, 384 dimensions)."""
+        started = time.perf_counter()
+        if isinstance(request.input, str):
+            texts = request_texts(request.input, None, api)
+        else:
+            texts = request_texts(None, request.input, api)
+        result = await client.predict(texts)
+        dim = int(result.predictions[0].embedding.shape[0])
+        if request.dimensions is not None and request.dimensions != dim:
+            raise InvalidInputError(f"dimensions must be {dim} for this model", code="unsupported_dimensions")
+        data = []
+        for i, pred in enumerate(result.predictions):
+            vector = np.asarray(pred.embedding, dtype=np.float32)
+            encoded: list[float] | str = (
+                base64.b64encode(vector.tobytes()).decode()
+                if request.encoding_format == "base64"
+                else vector.tolist()
+            )
+            data.append({"object": "embedding", "index": i, "embedding": encoded})
+        tokens = sum(p.tokens for p in result.predictions)
+        body = {
+            "object": "list",
+            "data": data,
+            "model": result.model_id,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return JSONResponse(body, headers=_headers(result, started))
+
+    @app.get("/v1/models", response_model=schemas.ModelList, tags=["meta"])
+    async def models() -> dict[str, Any]:
+        """The served model, its revision and tasks."""
+        info = await client.describe()
+        card = {
+            "id": info["model_id"],
+            "object": "model",
+            "created": int(info.get("created", 0)),
+            "owned_by": "xz_serve",
+            "tasks": ["intent", "sentiment", "embeddings"],
+        }
+        return {"object": "list", "data": [card]}
+
+    @app.get("/healthz", response_model=schemas.HealthResponse, tags=["meta"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the ingress process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=schemas.HealthResponse, tags=["meta"])
+    async def readyz() -> Response:
+        """Readiness: a model replica has loaded and warmed its model."""
+        try:
+            info = await client.describe()
+        except XzError as exc:
+            body = {"status": "not_ready", "detail": exc.message}
+            return JSONResponse(body, 503, headers={"Retry-After": "2"})
+        return JSONResponse({"status": "ready", "detail": info["model_id"]})
+
+    return app

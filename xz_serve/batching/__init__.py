@@ -1,0 +1,1 @@
+"""Serve replicas that batch concurrent requests into one encoder pass."""

@@ -1,0 +1,130 @@
+"""NluReplica: one encoder per replica; ``@serve.batch`` turns concurrent calls into one pass."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from xz_serve.errors import ModelFailureError
+from xz_serve.models.base import NluModel
+from xz_serve.models.postprocess import label_outputs
+from xz_serve.settings import BatchSpec, ModelSpec
+from xz_serve.types import BatchStats, PredictResult, TextPrediction
+
+log = logging.getLogger(__name__)
+
+HEALTH_TEXT = "what is the balance of my checking account"
+Call = tuple[list[str], float]  # (texts, enqueue time)
+
+
+def count_texts(calls: list[Call]) -> int:
+    """Batch size in texts, not calls: a 20-text request weighs 20 in the batch."""
+    return sum(len(texts) for texts, _ in calls)
+
+
+class NluReplica:
+    """Runs intent, sentiment and embedding for a batch of calls with one forward pass.
+
+    Identical texts across the batch are computed once. If the pass fails, each call is retried
+    alone, so only the call that breaks the model gets an error.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        batch: BatchSpec,
+        top_k: int = 3,
+        model_factory: Callable[[], NluModel] | None = None,
+    ) -> None:
+        if model_factory is None:
+            from xz_serve.models.loading import load_model
+
+            self.model: NluModel = load_model(model)
+        else:
+            self.model = model_factory()
+        self.top_k = top_k
+        # One inference thread: ONNX Runtime already uses the replica's cores for one batch, and
+        # running the pass off the event loop lets the next batch form while this one computes.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xz-infer")
+        self._reference = self.model.predict([HEALTH_TEXT]).embeddings[0]
+        self.reconfigure(batch.model_dump())
+        log.info("replica ready: %s", self.model.model_id)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply batch knobs from ``user_config`` without restarting the replica."""
+        spec = BatchSpec(**user_config)
+        self._batched.set_max_batch_size(spec.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(spec.batch_wait_timeout_s)
+
+    async def predict(self, texts: list[str]) -> PredictResult:
+        """Predictions for ``texts`` (at most ``max_batch_size`` of them), in order.
+
+        Raises:
+            ModelFailureError: the model failed on these texts.
+        """
+        outcome = await self._batched((texts, time.perf_counter()))
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def describe(self) -> dict[str, Any]:
+        """Model id and label sets, for ``/v1/models`` and readiness."""
+        return {
+            "model_id": self.model.model_id,
+            "intents": list(self.model.labels.intents),
+            "sentiments": list(self.model.labels.sentiments),
+            "embedding_dim": int(self._reference.shape[0]),
+        }
+
+    async def check_health(self) -> None:
+        """Fail when the model no longer reproduces its warm-up embedding (or cannot run)."""
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self.model.predict, [HEALTH_TEXT])
+        embedding = outputs.embeddings[0]
+        if not np.all(np.isfinite(embedding)) or float(embedding @ self._reference) < 0.99:
+            raise RuntimeError("model output drifted from its warm-up reference")
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004, batch_size_fn=count_texts)
+    async def _batched(self, calls: list[Call]) -> list[PredictResult | Exception]:
+        started = time.perf_counter()
+        unique = list(dict.fromkeys(t for texts, _ in calls for t in texts))
+        try:
+            by_text = await self._infer(unique)
+        except Exception:
+            log.exception("batch of %d calls failed; retrying each alone", len(calls))
+            return [await self._alone(call, started) for call in calls]
+        inference_ms = (time.perf_counter() - started) * 1000
+        return [
+            PredictResult(
+                predictions=[by_text[t] for t in texts],
+                stats=BatchStats((started - enqueued) * 1000, inference_ms, len(unique), len(calls)),
+                model_id=self.model.model_id,
+            )
+            for texts, enqueued in calls
+        ]
+
+    async def _alone(self, call: Call, started: float) -> PredictResult | Exception:
+        texts, enqueued = call
+        try:
+            by_text = await self._infer(list(dict.fromkeys(texts)))
+        except Exception as exc:
+            return ModelFailureError(f"the model failed on this input: {type(exc).__name__}")
+        elapsed = (time.perf_counter() - started) * 1000
+        return PredictResult(
+            predictions=[by_text[t] for t in texts],
+            stats=BatchStats((started - enqueued) * 1000, elapsed, len(texts), 1),
+            model_id=self.model.model_id,
+        )
+
+    async def _infer(self, texts: list[str]) -> dict[str, TextPrediction]:
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self.model.predict, texts)
+        predictions = label_outputs(outputs, self.model.labels, outputs.token_counts, self.top_k)
+        return dict(zip(texts, predictions, strict=True))

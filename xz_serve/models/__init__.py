@@ -1,0 +1,1 @@
+"""Model code: tokenize, forward, postprocess. Runs and benchmarks without Ray."""

@@ -1,0 +1,31 @@
+"""Turn one batch's raw arrays into labelled per-text predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xz_serve.models.base import Labels, NluOutputs
+from xz_serve.types import TextPrediction
+
+
+def label_outputs(
+    outputs: NluOutputs, labels: Labels, token_counts: list[int], top_k: int
+) -> list[TextPrediction]:
+    """Top-k intents, sentiment distribution and embedding per text, in input order."""
+    k = min(top_k, len(labels.intents))
+    top = np.argsort(-outputs.intent_probs, axis=-1)[:, :k]
+    predictions = []
+    for row, indices in enumerate(top):
+        probs = outputs.intent_probs[row]
+        predictions.append(
+            TextPrediction(
+                intents=[(labels.intents[i], float(probs[i])) for i in indices],
+                sentiment={
+                    name: float(p)
+                    for name, p in zip(labels.sentiments, outputs.sentiment_probs[row], strict=True)
+                },
+                embedding=outputs.embeddings[row],
+                tokens=token_counts[row],
+            )
+        )
+    return predictions

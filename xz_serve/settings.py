@@ -1,0 +1,140 @@
+"""XzSettings: the one typed source of configuration (Serve YAML ``args`` win over ``XZ_*`` env)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Quantization = Literal["int8", "fp32"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BuildSpec(_Spec):
+    """How the model artifacts are trained, exported and quantized; all of it feeds the fingerprint."""
+
+    seed: int = Field(13, description="Seed for shuffling, head init and dropout: same seed, same weights.")
+    max_length: int = Field(64, ge=8, le=512, description="Token cap while training; TweetEval's P99 is 45.")
+    trainable_layers: int = Field(
+        2, ge=0, le=6, description="Top encoder layers fine-tuned; the rest stay frozen and are run once."
+    )
+    epochs: int = Field(4, ge=1, le=50, description="Passes over both training sets.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Training batch size.")
+    encoder_lr: float = Field(1e-4, gt=0, description="Learning rate of the fine-tuned encoder layers.")
+    head_lr: float = Field(2e-3, gt=0, description="Learning rate of the intent and sentiment heads.")
+    distill_weight: float = Field(
+        10.0,
+        ge=0,
+        description="Weight of the loss that keeps embeddings close to the original MiniLM's, so "
+        "similarity search and the semantic cache keep working after fine-tuning.",
+    )
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing for both heads.")
+    quant_per_channel: bool = Field(
+        True, description="Per-channel INT8 weights: keeps accuracy within a point of FP32."
+    )
+
+
+class ModelSpec(_Spec):
+    """Where the artifacts live and which variant replicas load."""
+
+    artifacts_dir: Path = Field(Path("artifacts"), description="Built models, tokenizer, labels, report.")
+    data_dir: Path = Field(Path("../shared/data"), description="Training and validation JSONL sets.")
+    quantization: Quantization = Field("int8", description="Variant replicas load; fp32 for comparison.")
+    build_if_missing: bool = Field(True, description="Build the artifacts on first start if absent.")
+    intra_op_threads: int = Field(
+        0, ge=0, le=64, description="ONNX Runtime threads per replica; 0 means one per CPU given to it."
+    )
+    max_tokens: int = Field(128, ge=8, le=512, description="Tokens per text kept at inference.")
+    build: BuildSpec = Field(default_factory=BuildSpec)
+
+
+class BatchSpec(_Spec):
+    """Serve batching knobs, applied through ``user_config`` so retuning needs no restart."""
+
+    max_batch_size: int = Field(32, ge=1, le=512, description="Texts per encoder pass at most.")
+    batch_wait_timeout_s: float = Field(
+        0.004,
+        ge=0,
+        le=1,
+        description="How long a partial batch waits for company; short, so a lone request is not delayed.",
+    )
+
+
+class ApiSpec(_Spec):
+    """Input limits and response shaping; a request beyond a limit is a 4xx, never a model call."""
+
+    max_texts: int = Field(64, ge=1, le=4096, description="Texts per request.")
+    max_text_chars: int = Field(2000, ge=1, le=100_000, description="Characters per text.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size.")
+    top_k: int = Field(3, ge=1, le=20, description="Intent alternatives returned per text.")
+    oos_threshold: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Below this top-intent confidence a text is flagged out of scope even when the "
+        "head picked an in-scope intent: an assistant should say it does not know.",
+    )
+    request_timeout_s: float = Field(10.0, gt=0, description="Longest a request may wait for models.")
+
+
+class DeploymentSpec(_Spec):
+    """Replica count and concurrency of one Serve deployment."""
+
+    min_replicas: int = Field(1, ge=0, le=10)
+    max_replicas: int = Field(1, ge=1, le=10)
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (fractional is fine).")
+    max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests per replica.")
+    max_queued_requests: int = Field(256, ge=-1, description="Queued requests per caller before 503.")
+    target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target per replica.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeploymentSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """Options for ``Deployment.options``: fixed count when min == max, else autoscaling."""
+        options: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.min_replicas == self.max_replicas:
+            options["num_replicas"] = self.min_replicas
+        else:
+            options["autoscaling_config"] = {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            }
+        return options
+
+
+class XzSettings(BaseSettings):
+    """Everything xz_serve reads; built once in ``build_app`` and sliced per deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="XZ_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    api: ApiSpec = Field(default_factory=ApiSpec)
+    ingress: DeploymentSpec = Field(
+        default_factory=lambda: DeploymentSpec(num_cpus=0.5, max_ongoing_requests=256)
+    )
+    nlu: DeploymentSpec = Field(default_factory=lambda: DeploymentSpec(num_cpus=1.0))
+
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> XzSettings:
+        if self.nlu.max_ongoing_requests < self.batch.max_batch_size:
+            raise ValueError(
+                "nlu.max_ongoing_requests must be >= batch.max_batch_size, or batches never fill"
+            )
+        return self
