@@ -21,14 +21,14 @@ class BuildSpec(_Spec):
     seed: int = Field(13, description="Seed for shuffling, head init and dropout: same seed, same weights.")
     max_length: int = Field(64, ge=8, le=512, description="Token cap while training; TweetEval's P99 is 45.")
     trainable_layers: int = Field(
-        2, ge=0, le=6, description="Top encoder layers fine-tuned; the rest stay frozen and are run once."
+        3, ge=0, le=6, description="Top encoder layers fine-tuned; the rest stay frozen and are run once."
     )
     epochs: int = Field(4, ge=1, le=50, description="Passes over both training sets.")
     batch_size: int = Field(32, ge=1, le=1024, description="Training batch size.")
     encoder_lr: float = Field(1e-4, gt=0, description="Learning rate of the fine-tuned encoder layers.")
     head_lr: float = Field(2e-3, gt=0, description="Learning rate of the intent and sentiment heads.")
     distill_weight: float = Field(
-        10.0,
+        2.0,
         ge=0,
         description="Weight of the loss that keeps embeddings close to the original MiniLM's, so "
         "similarity search and the semantic cache keep working after fine-tuning.",

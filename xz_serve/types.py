@@ -15,6 +15,7 @@ class TextPrediction:
     sentiment: dict[str, float]  # label -> probability
     embedding: np.ndarray  # [dim] float32, L2-normalised
     tokens: int  # tokens the encoder saw (for usage accounting)
+    out_of_scope: bool  # top intent is `oos`, or its confidence is under the calibrated threshold
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,10 @@ def _headers(result: PredictResult, started: float) -> dict[str, str]:
     }
 
 
-def _intent(pred: TextPrediction, top_k: int) -> dict[str, Any]:
+def _intent(pred: TextPrediction, top_k: int, out_of_scope: bool) -> dict[str, Any]:
     label, confidence = pred.intents[0]
     return {
-        "label": label,
+        "label": "oos" if out_of_scope else label,
         "confidence": round(confidence, 6),
         "top_k": [{"label": lab, "confidence": round(p, 6)} for lab, p in pred.intents[:top_k]],
     }
@@ -56,7 +56,7 @@ def _sentiment(pred: TextPrediction) -> dict[str, Any]:
     return {"label": max(scores, key=scores.__getitem__), "scores": scores}
 
 
-def create_api(client: NluClient, api: ApiSpec, oos_label: str = "oos") -> FastAPI:
+def create_api(client: NluClient, api: ApiSpec) -> FastAPI:
     """Build the HTTP app around ``client``; Serve wraps it, tests drive it directly."""
     app = FastAPI(
         title="xz_serve",
@@ -68,8 +68,7 @@ def create_api(client: NluClient, api: ApiSpec, oos_label: str = "oos") -> FastA
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
 
     def out_of_scope(pred: TextPrediction) -> bool:
-        label, confidence = pred.intents[0]
-        return label == oos_label or confidence < api.oos_threshold
+        return pred.out_of_scope or pred.intents[0][1] < api.oos_threshold
 
     async def run(request: schemas.TextsRequest) -> tuple[PredictResult, int, float]:
         started = time.perf_counter()
@@ -83,9 +82,9 @@ def create_api(client: NluClient, api: ApiSpec, oos_label: str = "oos") -> FastA
         results = [
             {
                 "index": i,
-                "intent": _intent(p, top_k),
+                "intent": _intent(p, top_k, oos := out_of_scope(p)),
                 "sentiment": _sentiment(p),
-                "out_of_scope": out_of_scope(p),
+                "out_of_scope": oos,
             }
             for i, p in enumerate(result.predictions)
         ]
@@ -97,7 +96,7 @@ def create_api(client: NluClient, api: ApiSpec, oos_label: str = "oos") -> FastA
         """Intent and out-of-scope flag per text."""
         result, top_k, started = await run(request)
         results = [
-            {"index": i, "intent": _intent(p, top_k), "out_of_scope": out_of_scope(p)}
+            {"index": i, "intent": _intent(p, top_k, oos := out_of_scope(p)), "out_of_scope": oos}
             for i, p in enumerate(result.predictions)
         ]
         return JSONResponse({"model": result.model_id, "results": results}, headers=_headers(result, started))

@@ -124,10 +124,10 @@ def _build(spec: Any, current: str) -> Manifest:
         ]
         for split in ("train", "val")
     }
-    shutil.copy(base_model_dir() / TOKENIZER_FILE, work / TOKENIZER_FILE)
-    (work / LABELS_FILE).write_text(
-        json.dumps({"intents": list(names), "sentiments": list(ds.SENTIMENT_LABELS)}, indent=1)
+    splits["intent", "train"], splits["intent", "holdout"] = ds.split_holdout(
+        splits["intent", "train"], 0.1, build.seed
     )
+    shutil.copy(base_model_dir() / TOKENIZER_FILE, work / TOKENIZER_FILE)
     tokenizer = load_tokenizer(work / TOKENIZER_FILE, build.max_length)
 
     bert = BertModel.from_pretrained(
@@ -146,6 +146,21 @@ def _build(spec: Any, current: str) -> Manifest:
         [sets["intent", "train"], sets["sentiment", "train"]],
         [sets["intent", "val"], sets["sentiment", "val"]],
         build,
+    )
+    holdout_probs = train.intent_probs(network, sets["intent", "holdout"], stop)
+    oos_threshold = ds.choose_oos_threshold(
+        holdout_probs, splits["intent", "holdout"].labels, names.index(ds.OOS_LABEL)
+    )
+    print(f"out-of-scope confidence threshold (from the train holdout): {oos_threshold:.2f}")
+    (work / LABELS_FILE).write_text(
+        json.dumps(
+            {
+                "intents": list(names),
+                "sentiments": list(ds.SENTIMENT_LABELS),
+                "oos_threshold": oos_threshold,
+            },
+            indent=1,
+        )
     )
 
     print("exporting ONNX (FP32), fusing, quantizing (INT8)")
@@ -170,6 +185,7 @@ def _build(spec: Any, current: str) -> Manifest:
         "revision": revision,
         "build": build.model_dump(),
         "history": history,
+        "oos_threshold": oos_threshold,
         "variants": variants,
         "build_seconds": round(time.perf_counter() - started, 1),
         "numpy_threads_note": f"numpy {np.__version__}; ORT threads = default",

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 INTENT_DIR = "intent_clinc150"
 SENTIMENT_DIR = "sentiment_tweeteval"
@@ -48,3 +51,36 @@ def fingerprint_files(paths: list[Path]) -> str:
         digest.update(path.name.encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def split_holdout(data: LabelledSet, fraction: float, seed: int) -> tuple[LabelledSet, LabelledSet]:
+    """Stratified split: the holdout calibrates the out-of-scope threshold, never the val set."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(data.labels):
+        by_label.setdefault(label, []).append(i)
+    held: set[int] = set()
+    for indices in by_label.values():
+        held.update(rng.sample(indices, max(1, round(len(indices) * fraction))))
+    keep = [i for i in range(len(data.texts)) if i not in held]
+    hold = sorted(held)
+
+    def subset(idx: list[int]) -> LabelledSet:
+        return LabelledSet([data.texts[i] for i in idx], [data.labels[i] for i in idx], data.names)
+
+    return subset(keep), subset(hold)
+
+
+def apply_oos_threshold(probs: np.ndarray, oos_index: int, threshold: float) -> np.ndarray:
+    """Predicted labels: the argmax, or ``oos`` where the top probability is under ``threshold``."""
+    pred = probs.argmax(-1)
+    pred[probs.max(-1) < threshold] = oos_index
+    return pred
+
+
+def choose_oos_threshold(probs: np.ndarray, labels: list[int], oos_index: int) -> float:
+    """The confidence floor that maximises accuracy over all labels (oos included) on ``probs``."""
+    gold = np.array(labels)
+    grid = np.round(np.arange(0.0, 0.95, 0.01), 2)
+    scores = [float((apply_oos_threshold(probs, oos_index, t) == gold).mean()) for t in grid]
+    return float(grid[int(np.argmax(scores))])

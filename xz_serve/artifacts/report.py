@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from xz_serve.artifacts.data import OOS_LABEL, LabelledSet
+from xz_serve.artifacts.data import OOS_LABEL, LabelledSet, apply_oos_threshold
+from xz_serve.models.base import softmax
 from xz_serve.models.onnx_model import OnnxNluModel
 
 
@@ -43,8 +44,11 @@ def evaluate(
     """Scores of one variant on both validation sets, plus cosine to the original MiniLM."""
     embedding, intent, _ = run_batches(model, intent_val.texts, "eval intent")
     _, _, sentiment = run_batches(model, sentiment_val.texts, "eval sentiment")
+    oos = intent_val.names.index(OOS_LABEL)
+    predicted = apply_oos_threshold(softmax(intent), oos, model.labels.oos_threshold)
     return {
-        "intent": intent_metrics(intent.argmax(-1), intent_val),
+        "intent": intent_metrics(predicted, intent_val),
+        "intent_argmax_only": intent_metrics(intent.argmax(-1), intent_val),
         "sentiment": {
             "accuracy": float((sentiment.argmax(-1) == np.array(sentiment_val.labels)).mean())
         },

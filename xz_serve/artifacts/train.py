@@ -107,6 +107,18 @@ def evaluate(network: NluNetwork, data: TaskSet, stop: int) -> float:
     return correct / len(data.labels)
 
 
+@torch.no_grad()
+def intent_probs(network: NluNetwork, data: TaskSet, stop: int) -> np.ndarray:
+    """Softmax of the intent head over an already-prefixed set."""
+    network.eval()
+    parts = []
+    for start in range(0, len(data.labels), 256):
+        hidden, mask = pad(data.prefixed.hidden[start : start + 256])
+        _, intent, _ = network.forward_from(hidden, mask, stop)
+        parts.append(torch.softmax(intent, -1).numpy())
+    return np.concatenate(parts)
+
+
 def train(
     network: NluNetwork,
     train_sets: list[TaskSet],

@@ -25,6 +25,7 @@ class Labels:
     intents: tuple[str, ...]
     sentiments: tuple[str, ...]
     oos: str = "oos"
+    oos_threshold: float = 0.0  # below this top confidence the answer is "out of scope"
 
 
 class NluModel(Protocol):

@@ -15,7 +15,11 @@ from xz_serve.models.base import Labels, NluOutputs, softmax
 def load_labels(artifacts_dir: Path) -> Labels:
     """Label names in head order, as the build wrote them."""
     data = json.loads((artifacts_dir / "labels.json").read_text(encoding="utf-8"))
-    return Labels(intents=tuple(data["intents"]), sentiments=tuple(data["sentiments"]))
+    return Labels(
+        intents=tuple(data["intents"]),
+        sentiments=tuple(data["sentiments"]),
+        oos_threshold=float(data.get("oos_threshold", 0.0)),
+    )
 
 
 def load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:

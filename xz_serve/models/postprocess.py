@@ -17,6 +17,7 @@ def label_outputs(
     predictions = []
     for row, indices in enumerate(top):
         probs = outputs.intent_probs[row]
+        best = labels.intents[indices[0]]
         predictions.append(
             TextPrediction(
                 intents=[(labels.intents[i], float(probs[i])) for i in indices],
@@ -26,6 +27,7 @@ def label_outputs(
                 },
                 embedding=outputs.embeddings[row],
                 tokens=token_counts[row],
+                out_of_scope=best == labels.oos or float(probs[indices[0]]) < labels.oos_threshold,
             )
         )
     return predictions

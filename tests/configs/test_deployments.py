@@ -1,0 +1,54 @@
+"""Every Serve config in deployments/ builds a valid XzSettings, and settings reject nonsense."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from xz_serve.settings import DeploymentSpec, XzSettings
+
+CONFIGS = sorted((Path(__file__).parents[2] / "deployments").glob("*.yaml"))
+
+
+def test_there_are_configs() -> None:
+    assert CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_args_validate(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
+    for app in config["applications"]:
+        assert app["import_path"] == "xz_serve.app:build_app"
+        settings = XzSettings(**app.get("args", {}))
+        assert settings.nlu.max_ongoing_requests >= settings.batch.max_batch_size
+
+
+def test_batches_must_be_able_to_fill() -> None:
+    with pytest.raises(ValidationError, match="batches never fill"):
+        XzSettings(batch={"max_batch_size": 64}, nlu={"max_ongoing_requests": 8})
+
+
+def test_unknown_fields_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        XzSettings(batch={"max_batch": 8})
+
+
+def test_replica_bounds() -> None:
+    with pytest.raises(ValidationError):
+        DeploymentSpec(min_replicas=3, max_replicas=2)
+    with pytest.raises(ValidationError):
+        DeploymentSpec(max_replicas=11)
+    scaled = DeploymentSpec(min_replicas=1, max_replicas=10).serve_options()
+    assert scaled["autoscaling_config"]["max_replicas"] == 10 and "num_replicas" not in scaled
+    assert DeploymentSpec(min_replicas=2, max_replicas=2).serve_options()["num_replicas"] == 2
+
+
+def test_env_fills_what_args_leave_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XZ_BATCH__MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("XZ_API__MAX_TEXTS", "7")
+    settings = XzSettings(api={"max_texts": 9})
+    assert settings.batch.max_batch_size == 16
+    assert settings.api.max_texts == 9  # YAML args win over env
