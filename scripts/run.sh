@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+set -a; . deployments/ray.env; set +a
 exec serve run deployments/local.yaml "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +12,21 @@ from ray.serve import Application
 
 from xz_serve.api.ingress import Ingress
 from xz_serve.batching.replica import NluReplica
+from xz_serve.fused import FusedServer
 from xz_serve.settings import XzSettings
 
 log = logging.getLogger(__name__)
 
 
-def resolve_paths(settings: XzSettings) -> XzSettings:
-    """Absolute artifact and data paths: replicas do not share the driver's working directory."""
+def resolve(settings: XzSettings) -> XzSettings:
+    """Absolute paths (replicas do not share the driver's working directory) and ONNX Runtime
+    threads matched to the CPUs a model replica reserves (its default would take every core)."""
+    threads = settings.model.intra_op_threads or max(1, math.ceil(settings.nlu.num_cpus))
     model = settings.model.model_copy(
         update={
             "artifacts_dir": Path(settings.model.artifacts_dir).resolve(),
             "data_dir": Path(settings.model.data_dir).resolve(),
+            "intra_op_threads": threads,
         }
     )
     return settings.model_copy(update={"model": model})
@@ -29,10 +34,13 @@ def resolve_paths(settings: XzSettings) -> XzSettings:
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """Serve app builder (``import_path: xz_serve.app:build_app``); YAML ``args`` win over env."""
-    settings = resolve_paths(XzSettings(**(args or {})))
+    settings = resolve(XzSettings(**(args or {})))
     nlu_options = settings.nlu.serve_options()
     nlu_options["user_config"] = settings.batch.model_dump()
-    log.info("nlu deployment options: %s", nlu_options)
+    log.info("%s topology; nlu deployment options: %s", settings.topology, nlu_options)
+    if settings.topology == "fused":
+        fused = serve.deployment(FusedServer).options(name="xz", health_check_period_s=10, **nlu_options)
+        return fused.bind(settings.model, settings.batch, settings.api)
     nlu = (
         serve.deployment(NluReplica)
         .options(name="nlu", health_check_period_s=10, **nlu_options)

@@ -28,7 +28,7 @@ class BuildSpec(_Spec):
     encoder_lr: float = Field(1e-4, gt=0, description="Learning rate of the fine-tuned encoder layers.")
     head_lr: float = Field(2e-3, gt=0, description="Learning rate of the intent and sentiment heads.")
     distill_weight: float = Field(
-        2.0,
+        1.0,
         ge=0,
         description="Weight of the loss that keeps embeddings close to the original MiniLM's, so "
         "similarity search and the semantic cache keep working after fine-tuning.",
@@ -48,6 +48,11 @@ class ModelSpec(_Spec):
     build_if_missing: bool = Field(True, description="Build the artifacts on first start if absent.")
     intra_op_threads: int = Field(
         0, ge=0, le=64, description="ONNX Runtime threads per replica; 0 means one per CPU given to it."
+    )
+    spin_wait: bool = Field(
+        False,
+        description="Let ONNX Runtime threads spin between ops: lower latency on dedicated cores, "
+        "but it burns CPU that HAProxy, the ingress and other replicas on the node need.",
     )
     max_tokens: int = Field(128, ge=8, le=512, description="Tokens per text kept at inference.")
     build: BuildSpec = Field(default_factory=BuildSpec)
@@ -123,13 +128,20 @@ class XzSettings(BaseSettings):
         env_prefix="XZ_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
+    topology: Literal["split", "fused"] = Field(
+        "split",
+        description="split: Ingress and NLU deployments scale apart (one actor hop per request); "
+        "fused: each replica serves HTTP and runs the model (no hop; `nlu` sizes it).",
+    )
     model: ModelSpec = Field(default_factory=ModelSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)
     api: ApiSpec = Field(default_factory=ApiSpec)
     ingress: DeploymentSpec = Field(
         default_factory=lambda: DeploymentSpec(num_cpus=0.5, max_ongoing_requests=256)
     )
-    nlu: DeploymentSpec = Field(default_factory=lambda: DeploymentSpec(num_cpus=1.0))
+    nlu: DeploymentSpec = Field(
+        default_factory=lambda: DeploymentSpec(num_cpus=1.0, max_ongoing_requests=256)
+    )
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> XzSettings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +11,9 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def local_args() -> dict[str, Any]:
@@ -51,7 +46,10 @@ def serve_url() -> Iterator[str]:
     port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            logging_config={"enable_access_log": False},
+        )
         serve.run(build_app(local_args()), name="xz", route_prefix="/", blocking=False)
         base_url = f"http://127.0.0.1:{port}"
         wait_ready(base_url)

@@ -54,6 +54,7 @@ def fingerprint(spec: Any) -> str:
 
     data = [spec.data_dir / d / f"{s}.jsonl" for d in (INTENT_DIR, SENTIMENT_DIR) for s in ("train", "val")]
     code = sorted(Path(__file__).parent.glob("*.py"))
+    code.append(Path(__file__).parents[1] / "models" / "preprocess.py")
     digest = hashlib.sha256()
     digest.update(fingerprint_files(data).encode())
     digest.update(fingerprint_files(code).encode())
@@ -107,6 +108,7 @@ def _build(spec: Any, current: str) -> Manifest:
     from xz_serve.artifacts import export, report, train
     from xz_serve.artifacts.network import NluNetwork
     from xz_serve.models.onnx_model import OnnxNluModel, load_labels, load_tokenizer
+    from xz_serve.models.preprocess import spell_symbols
 
     build = spec.build
     started = time.perf_counter()
@@ -124,9 +126,10 @@ def _build(spec: Any, current: str) -> Manifest:
         ]
         for split in ("train", "val")
     }
-    splits["intent", "train"], splits["intent", "holdout"] = ds.split_holdout(
-        splits["intent", "train"], 0.1, build.seed
-    )
+    for task in ("intent", "sentiment"):
+        splits[task, "train"], splits[task, "holdout"] = ds.split_holdout(
+            splits[task, "train"], 0.1, build.seed
+        )
     shutil.copy(base_model_dir() / TOKENIZER_FILE, work / TOKENIZER_FILE)
     tokenizer = load_tokenizer(work / TOKENIZER_FILE, build.max_length)
 
@@ -137,13 +140,14 @@ def _build(spec: Any, current: str) -> Manifest:
     stop = len(network.layers) - build.trainable_layers
     sets: dict[tuple[str, str], train.TaskSet] = {}
     for (task, split), labelled in splits.items():
-        tokens = [e.ids for e in tokenizer.encode_batch(labelled.texts)]
+        tokens = [e.ids for e in tokenizer.encode_batch([spell_symbols(t) for t in labelled.texts])]
         tokens = [t[: t.index(0)] if 0 in t else t for t in tokens]  # drop batch padding
         prefixed = train.precompute(network, tokens, stop, f"encode {task} {split}")
         sets[task, split] = train.TaskSet(task, prefixed, torch.tensor(labelled.labels))
     history = train.train(
         network,
         [sets["intent", "train"], sets["sentiment", "train"]],
+        [sets["intent", "holdout"], sets["sentiment", "holdout"]],
         [sets["intent", "val"], sets["sentiment", "val"]],
         build,
     )

@@ -122,11 +122,17 @@ def intent_probs(network: NluNetwork, data: TaskSet, stop: int) -> np.ndarray:
 def train(
     network: NluNetwork,
     train_sets: list[TaskSet],
+    holdout_sets: list[TaskSet],
     val_sets: list[TaskSet],
     spec: BuildSpec,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
-    """Fine-tune the top layers and both heads; returns per-epoch validation accuracy."""
+    """Fine-tune the top layers and both heads, keeping the epoch with the best mean accuracy on
+    the holdout sets (carved from training data: validation sets only report, never select).
+
+    Returns:
+        Per-epoch holdout and validation accuracy.
+    """
     stop = len(network.layers) - spec.trainable_layers
     for param in network.parameters():
         param.requires_grad = False
@@ -147,6 +153,8 @@ def train(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / (total - warmup)))
     )
     history: list[dict[str, float]] = []
+    trainable = encoder_params + head_params
+    best_score, best_state = -1.0, [p.detach().clone() for p in trainable]
     for epoch in range(spec.epochs):
         network.train()
         plan = [
@@ -174,11 +182,19 @@ def train(
             losses.append(float(loss))
             if len(losses) % 50 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        scores = {f"{s.task}_val_acc": evaluate(network, s, stop) for s in val_sets}
+        scores = {f"{s.task}_holdout_acc": evaluate(network, s, stop) for s in holdout_sets}
+        selection = float(np.mean(list(scores.values())))
+        if selection > best_score:
+            best_score, best_state = selection, [p.detach().clone() for p in trainable]
+        scores |= {f"{s.task}_val_acc": evaluate(network, s, stop) for s in val_sets}
         scores["epoch"] = epoch + 1
         scores["loss"] = float(np.mean(losses))
         history.append(scores)
         log(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+    with torch.no_grad():
+        for param, saved in zip(trainable, best_state, strict=True):
+            param.copy_(saved)
+    log(f"kept the epoch with mean holdout accuracy {best_score:.4f}")
     network.eval()
     return history
 

@@ -54,12 +54,15 @@ class NluReplica:
         # running the pass off the event loop lets the next batch form while this one computes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xz-infer")
         self._reference = self.model.predict([HEALTH_TEXT]).embeddings[0]
+        self._in_flight = 0
+        self._wait_s = batch.batch_wait_timeout_s
         self.reconfigure(batch.model_dump())
         log.info("replica ready: %s", self.model.model_id)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batch knobs from ``user_config`` without restarting the replica."""
         spec = BatchSpec(**user_config)
+        self._wait_s = spec.batch_wait_timeout_s
         self._batched.set_max_batch_size(spec.max_batch_size)
         self._batched.set_batch_wait_timeout_s(spec.batch_wait_timeout_s)
 
@@ -69,7 +72,14 @@ class NluReplica:
         Raises:
             ModelFailureError: the model failed on these texts.
         """
-        outcome = await self._batched((texts, time.perf_counter()))
+        # A call that finds the replica idle runs at once: waiting for batch-mates only pays
+        # while other calls are queued or computing. Serve reads the wait when a batch opens.
+        self._in_flight += 1
+        self._batched.set_batch_wait_timeout_s(0.0 if self._in_flight == 1 else self._wait_s)
+        try:
+            outcome = await self._batched((texts, time.perf_counter()))
+        finally:
+            self._in_flight -= 1
         if isinstance(outcome, Exception):
             raise outcome
         return outcome

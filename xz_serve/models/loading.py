@@ -31,4 +31,5 @@ def load_model(spec: ModelSpec) -> OnnxNluModel:
         model_id=f"{manifest.model_id}@{manifest.revision}:{spec.quantization}",
         max_tokens=spec.max_tokens,
         threads=spec.intra_op_threads,
+        spin_wait=spec.spin_wait,
     )

@@ -10,6 +10,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from xz_serve.models.base import Labels, NluOutputs, softmax
+from xz_serve.models.preprocess import spell_symbols
 
 
 def load_labels(artifacts_dir: Path) -> Labels:
@@ -41,12 +42,14 @@ class OnnxNluModel:
         model_id: str,
         max_tokens: int = 128,
         threads: int = 0,
+        spin_wait: bool = False,
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         self.session = ort.InferenceSession(
             str(model_path), options, providers=["CPUExecutionProvider"]
         )
@@ -60,7 +63,7 @@ class OnnxNluModel:
         return embedding, intent, sentiment
 
     def _run(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(texts)
+        encodings = self.tokenizer.encode_batch([spell_symbols(t) for t in texts])
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         embedding, intent, sentiment = self.session.run(

@@ -82,3 +82,10 @@ async def test_health_check_fails_when_the_model_breaks() -> None:
     model.dim = 8  # a different model behind the same replica: outputs no longer match
     with pytest.raises(Exception):  # noqa: B017 - shape mismatch or drift, either must fail
         await replica.check_health()
+
+
+async def test_a_lone_call_does_not_wait_for_batch_mates() -> None:
+    model = FakeModel()
+    replica = make_replica(model, wait_s=0.5)
+    result = await asyncio.wait_for(replica.predict(["alone"]), timeout=0.25)
+    assert result.stats.queue_ms < 100

@@ -1,0 +1,35 @@
+"""Ray Serve reads its process flags when ``ray.serve`` is first imported, in the driver too, so the
+flags of deployments/ray.env (HAProxy ingress) are put into the environment here, before any test
+module imports Ray. Unit tests never start Ray and are unaffected."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ray_env() -> dict[str, str]:
+    """deployments/ray.env as a dict: the Ray flags the app runs with."""
+    env = {}
+    for line in (ROOT / "deployments" / "ray.env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
+os.environ.update(ray_env())
+# HAProxy's side listeners on free ports, so a developer's own Serve on :8000 can keep running.
+for _name in ("STATS", "METRICS"):
+    os.environ.setdefault(f"RAY_SERVE_HAPROXY_{_name}_PORT", str(free_port()))
+os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))

@@ -1,0 +1,57 @@
+"""FusedServer: HTTP ingress and NLU batching in one replica, for the lowest per-request cost.
+
+The split topology (Ingress -> NluReplica) lets HTTP and model replicas scale apart, at the price of
+one actor hop per request. Fused, each replica parses HTTP, batches and runs the model in-process;
+HAProxy balances across replicas. Same API, same batcher, same settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from xz_serve.api.client import merge
+from xz_serve.api.routes import create_api
+from xz_serve.batching.replica import NluReplica
+from xz_serve.settings import ApiSpec, BatchSpec, ModelSpec
+from xz_serve.types import PredictResult
+
+
+class LocalNluClient:
+    """NluClient over an in-process NluReplica: chunks like the remote client, no hop."""
+
+    def __init__(self, replica: NluReplica, max_batch_size: int) -> None:
+        self.replica = replica
+        self.chunk = max_batch_size
+
+    async def predict(self, texts: list[str]) -> PredictResult:
+        chunks = [texts[i : i + self.chunk] for i in range(0, len(texts), self.chunk)]
+        if len(chunks) == 1:
+            return await self.replica.predict(chunks[0])
+        return merge(list(await asyncio.gather(*(self.replica.predict(c) for c in chunks))))
+
+    async def describe(self) -> dict[str, Any]:
+        return self.replica.describe()
+
+
+@serve.ingress()
+class FusedServer:
+    """One Serve replica = FastAPI app + @serve.batch + ONNX model."""
+
+    def __init__(self, model: ModelSpec, batch: BatchSpec, api: ApiSpec) -> None:
+        self.replica = NluReplica(model, batch, api.top_k)
+        self._app = create_api(LocalNluClient(self.replica, batch.max_batch_size), api)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self._app
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batch knobs from ``user_config``, applied without a restart."""
+        self.replica.reconfigure(user_config)
+
+    async def check_health(self) -> None:
+        """Unhealthy when the model no longer reproduces its reference output."""
+        await self.replica.check_health()
