@@ -35,7 +35,7 @@ def resolve(settings: XzSettings) -> XzSettings:
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """Serve app builder (``import_path: xz_serve.app:build_app``); YAML ``args`` win over env."""
     settings = resolve(XzSettings(**(args or {})))
-    nlu_options = settings.nlu.serve_options()
+    nlu_options = settings.nlu.serve_options(default_target=settings.batch.max_batch_size)
     nlu_options["user_config"] = settings.batch.model_dump()
     log.info("%s topology; nlu deployment options: %s", settings.topology, nlu_options)
     if settings.topology == "fused":

@@ -63,10 +63,11 @@ class BatchSpec(_Spec):
 
     max_batch_size: int = Field(32, ge=1, le=512, description="Texts per encoder pass at most.")
     batch_wait_timeout_s: float = Field(
-        0.004,
+        0.02,
         ge=0,
         le=1,
-        description="How long a partial batch waits for company; short, so a lone request is not delayed.",
+        description="Longest a partial batch waits for company, and only while the model is busy "
+        "with the previous pass: a call that finds the model idle runs at once.",
     )
 
 
@@ -95,7 +96,27 @@ class DeploymentSpec(_Spec):
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (fractional is fine).")
     max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests per replica.")
     max_queued_requests: int = Field(256, ge=-1, description="Queued requests per caller before 503.")
-    target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target per replica.")
+    target_ongoing_requests: float | None = Field(
+        None,
+        gt=0,
+        description="Autoscaling target of in-flight requests per replica. None derives it: one "
+        "full batch for model replicas (a replica above it has a backlog), 64 for the ingress.",
+    )
+    upscale_delay_s: float = Field(
+        5.0, ge=0, description="Load must stay above target this long before adding replicas."
+    )
+    downscale_delay_s: float = Field(
+        30.0,
+        ge=0,
+        description="Load must stay below target this long before removing replicas: longer than "
+        "upscale, so a short lull between bursts does not flap the replica count.",
+    )
+    look_back_period_s: float = Field(
+        10.0, gt=0, description="Window over which in-flight requests are averaged for scaling."
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        20.0, gt=0, description="How long a stopping replica may drain its in-flight requests."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> DeploymentSpec:
@@ -103,20 +124,25 @@ class DeploymentSpec(_Spec):
             raise ValueError("min_replicas must not exceed max_replicas")
         return self
 
-    def serve_options(self) -> dict[str, Any]:
+    def serve_options(self, default_target: float = 64) -> dict[str, Any]:
         """Options for ``Deployment.options``: fixed count when min == max, else autoscaling."""
         options: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.num_cpus},
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
         if self.min_replicas == self.max_replicas:
             options["num_replicas"] = self.min_replicas
         else:
             options["autoscaling_config"] = {
                 "min_replicas": self.min_replicas,
+                "initial_replicas": self.min_replicas,
                 "max_replicas": self.max_replicas,
-                "target_ongoing_requests": self.target_ongoing_requests,
+                "target_ongoing_requests": self.target_ongoing_requests or default_target,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
+                "look_back_period_s": self.look_back_period_s,
             }
         return options
 

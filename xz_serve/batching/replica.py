@@ -54,8 +54,9 @@ class NluReplica:
         # running the pass off the event loop lets the next batch form while this one computes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xz-infer")
         self._reference = self.model.predict([HEALTH_TEXT]).embeddings[0]
-        self._in_flight = 0
         self._wait_s = batch.batch_wait_timeout_s
+        self._busy_until = 0.0  # when the pass now running is expected to end
+        self._pass_s = 0.01  # moving average of one pass, for that estimate
         self.reconfigure(batch.model_dump())
         log.info("replica ready: %s", self.model.model_id)
 
@@ -72,14 +73,12 @@ class NluReplica:
         Raises:
             ModelFailureError: the model failed on these texts.
         """
-        # A call that finds the replica idle runs at once: waiting for batch-mates only pays
-        # while other calls are queued or computing. Serve reads the wait when a batch opens.
-        self._in_flight += 1
-        self._batched.set_batch_wait_timeout_s(0.0 if self._in_flight == 1 else self._wait_s)
-        try:
-            outcome = await self._batched((texts, time.perf_counter()))
-        finally:
-            self._in_flight -= 1
+        # Serve forms the next batch while the current pass runs and reads the wait when a batch
+        # opens. So wait exactly as long as the model stays busy (capped): an idle model runs a
+        # lone call at once, a busy one gathers the calls that arrive meanwhile into one pass.
+        now = time.perf_counter()
+        self._batched.set_batch_wait_timeout_s(min(max(self._busy_until - now, 0.0), self._wait_s))
+        outcome = await self._batched((texts, now))
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -135,6 +134,12 @@ class NluReplica:
 
     async def _infer(self, texts: list[str]) -> dict[str, TextPrediction]:
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self.model.predict, texts)
+        started = time.perf_counter()
+        self._busy_until = started + self._pass_s
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.model.predict, texts)
+        finally:
+            self._busy_until = 0.0
+            self._pass_s = 0.8 * self._pass_s + 0.2 * (time.perf_counter() - started)
         predictions = label_outputs(outputs, self.model.labels, outputs.token_counts, self.top_k)
         return dict(zip(texts, predictions, strict=True))
