@@ -21,9 +21,9 @@ class BuildSpec(_Spec):
     seed: int = Field(13, description="Seed for shuffling, head init and dropout: same seed, same weights.")
     max_length: int = Field(64, ge=8, le=512, description="Token cap while training; TweetEval's P99 is 45.")
     trainable_layers: int = Field(
-        3, ge=0, le=6, description="Top encoder layers fine-tuned; the rest stay frozen and are run once."
+        6, ge=0, le=6, description="Top encoder layers fine-tuned; the rest stay frozen and are run once."
     )
-    epochs: int = Field(4, ge=1, le=50, description="Passes over both training sets.")
+    epochs: int = Field(3, ge=1, le=50, description="Passes over both training sets.")
     batch_size: int = Field(32, ge=1, le=1024, description="Training batch size.")
     encoder_lr: float = Field(1e-4, gt=0, description="Learning rate of the fine-tuned encoder layers.")
     head_lr: float = Field(2e-3, gt=0, description="Learning rate of the intent and sentiment heads.")
@@ -34,6 +34,11 @@ class BuildSpec(_Spec):
         "similarity search and the semantic cache keep working after fine-tuning.",
     )
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing for both heads.")
+    balance_classes: bool = Field(
+        False,
+        description="Weight each class by inverse frequency: the sentiment training split's label "
+        "mix (48% neutral, 19% positive) is not the traffic's, so learn no prior from it.",
+    )
     quant_per_channel: bool = Field(
         True, description="Per-channel INT8 weights: keeps accuracy within a point of FP32."
     )

@@ -52,3 +52,15 @@ def test_env_fills_what_args_leave_out(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = XzSettings(api={"max_texts": 9})
     assert settings.batch.max_batch_size == 16
     assert settings.api.max_texts == 9  # YAML args win over env
+
+
+def test_model_replica_scaling_target_defaults_to_one_batch() -> None:
+    from xz_serve.app import build_app  # noqa: F401 - the builder must import without Ray running
+
+    settings = XzSettings(batch={"max_batch_size": 24}, nlu={"min_replicas": 1, "max_replicas": 10})
+    options = settings.nlu.serve_options(default_target=settings.batch.max_batch_size)
+    autoscaling = options["autoscaling_config"]
+    assert autoscaling["target_ongoing_requests"] == 24
+    assert autoscaling["downscale_delay_s"] > autoscaling["upscale_delay_s"]
+    explicit = DeploymentSpec(min_replicas=1, max_replicas=3, target_ongoing_requests=5)
+    assert explicit.serve_options(default_target=24)["autoscaling_config"]["target_ongoing_requests"] == 5
