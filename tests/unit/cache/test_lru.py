@@ -1,0 +1,42 @@
+"""The L1 keeps at most max_entries, drops the least recently used first and expires by deadline."""
+
+from __future__ import annotations
+
+from xz_serve.cache.lru import LruTtlCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lru_order_and_bound() -> None:
+    cache = LruTtlCache(2, 60, clock=Clock())
+    cache.put("a", b"1")
+    cache.put("b", b"2")
+    assert cache.get("a") == b"1"  # a is now more recent than b
+    cache.put("c", b"3")
+    assert cache.get("b") is None and cache.get("a") == b"1" and cache.get("c") == b"3"
+    assert len(cache) == 2 and cache.stats.l1_evictions == 1
+    assert cache.stats.l1_hits == 3 and cache.stats.l1_misses == 1
+
+
+def test_ttl_expires_and_is_capped_by_l1_ttl() -> None:
+    clock = Clock()
+    cache = LruTtlCache(10, 5, clock=clock)
+    cache.put("short", b"x", ttl_s=1)
+    cache.put("long", b"y", ttl_s=3600)  # L1 keeps it only for its own 5 s
+    clock.now = 1.5
+    assert cache.get("short") is None and cache.get("long") == b"y"
+    clock.now = 5.5
+    assert cache.get("long") is None and len(cache) == 0
+    assert cache.stats.l1_evictions == 0  # expiry is not an eviction
+
+
+def test_disabled() -> None:
+    cache = LruTtlCache(0, 5)
+    cache.put("a", b"1")
+    assert cache.get("a") is None and len(cache) == 0

@@ -1,0 +1,90 @@
+"""SemanticCache without Redis: threshold, margin rule, namespaces, TTL and oldest-first eviction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xz_serve.cache.guard import RedisGuard
+from xz_serve.cache.semantic import SemanticCache, choose, unit_rows
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def vec(*xs: float) -> np.ndarray:
+    return np.array(xs, dtype=np.float32)
+
+
+def cache(**kw: object) -> SemanticCache:
+    args: dict[str, object] = {"threshold": 0.9, **kw}
+    return SemanticCache(RedisGuard(None), **args)  # type: ignore[arg-type]
+
+
+async def test_nearest_above_threshold() -> None:
+    sem = cache()
+    await sem.store("ns", vec(1, 0, 0), b"x")
+    await sem.store("ns", vec(0, 1, 0), b"y")
+    hit = await sem.lookup("ns", vec(0.95, 0.1, 0))
+    assert hit is not None and hit.value == b"x" and hit.similarity > 0.99
+    assert await sem.lookup("ns", vec(1, 1, 0)) is None  # 0.707 to both: below threshold
+    assert await sem.lookup("other", vec(1, 0, 0)) is None  # namespaces never mix
+    assert sem.stats.semantic_hits == 1 and sem.stats.semantic_misses == 2
+
+
+async def test_margin_rejects_ambiguous_but_not_same_value() -> None:
+    sem = cache(threshold=0.8, margin=0.05)
+    await sem.store("ns", vec(1, 0.1, 0), b"x")
+    await sem.store("ns", vec(1, -0.1, 0), b"y")
+    assert await sem.lookup("ns", vec(1, 0, 0)) is None
+    assert sem.stats.semantic_rejected == 1
+    sem2 = cache(threshold=0.8, margin=0.05)
+    await sem2.store("ns", vec(1, 0.1, 0), b"x", key="a")
+    await sem2.store("ns", vec(1, -0.1, 0), b"x", key="b")
+    hit = await sem2.lookup("ns", vec(1, 0, 0))
+    assert hit is not None and hit.value == b"x"
+
+
+async def test_ttl_and_oldest_first_eviction() -> None:
+    clock = Clock()
+    sem = cache(max_entries=2, ttl_s=10, clock=clock)
+    await sem.store("ns", vec(1, 0, 0), b"a")
+    await sem.store("ns", vec(0, 1, 0), b"b", ttl_s=2)
+    clock.now += 3
+    assert await sem.lookup("ns", vec(0, 1, 0)) is None  # expired
+    await sem.store("ns", vec(0, 0, 1), b"c")  # full: evicts the oldest, a
+    assert await sem.lookup("ns", vec(1, 0, 0)) is None
+    assert (await sem.lookup("ns", vec(0, 0, 1))) is not None
+    assert sem.stats.semantic_evictions == 1
+
+
+async def test_same_key_replaces() -> None:
+    sem = cache(max_entries=2)
+    await sem.store("ns", vec(1, 0), b"old", key="k")
+    await sem.store("ns", vec(1, 0), b"new", key="k")
+    await sem.store("ns", vec(0, 1), b"other", key="j")
+    hit = await sem.lookup("ns", vec(1, 0))
+    assert hit is not None and hit.value == b"new" and sem.stats.semantic_evictions == 0
+
+
+async def test_lookup_many_and_dims() -> None:
+    sem = cache()
+    rng = np.random.default_rng(0)
+    data = unit_rows(rng.normal(size=(100, 16)))
+    for i, row in enumerate(data):
+        await sem.store("ns", row, str(i).encode())
+    hits = await sem.lookup_many("ns", data[:10])
+    assert [h.value if h else None for h in hits] == [str(i).encode() for i in range(10)]
+    with pytest.raises(ValueError):
+        await sem.lookup("ns", np.ones(8, np.float32))
+
+
+def test_choose_edge_cases() -> None:
+    assert choose(np.zeros(0, np.float32), [], 0.5, 0.1) is None
+    picked = choose(np.array([0.95], np.float32), [b"a"], 0.9, 0.1)
+    assert picked is not None and picked[0] == 0 and abs(picked[1] - 0.95) < 1e-6

@@ -1,0 +1,281 @@
+"""Coalescer: a key being computed anywhere (this process or another replica) is computed only once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from xz_serve.cache.exact import ExactCache
+from xz_serve.cache.spec import CacheSpec
+
+log = logging.getLogger(__name__)
+
+ComputeMany = Callable[[list[str]], Awaitable[Sequence[bytes]]]
+
+# Delete each lease only if it still holds our token: a lease that lapsed and was taken by another
+# replica must stay with that replica.
+_RELEASE = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
+"""
+
+
+def lease_key(key: str) -> str:
+    """Where the lease of ``key`` lives: next to it, so both share TTL-driven fate and a hash slot."""
+    return f"{key}:lease"
+
+
+@dataclass
+class _Lead:
+    """One leader task's share of the work: its futures, its compute call and its lease token."""
+
+    futures: dict[str, asyncio.Future[bytes]]
+    compute: ComputeMany
+    token: str
+
+
+def _retrieve(future: asyncio.Future[bytes]) -> None:
+    # Mark a failure as seen: a waiter that was cancelled must not make asyncio log it as lost.
+    if not future.cancelled():
+        future.exception()
+
+
+class Coalescer:
+    """Computes each missing key once: one leader per key in the process, one lease per key in Redis.
+
+    In process, the first request for a key starts a leader task and later requests await the same
+    future, so every waiter gets the same bytes or the same exception, and a waiter that gives up
+    (client gone) does not cancel the work for the others. Across replicas, the leader first takes
+    ``SET {key}:lease token NX PX lease_ms``; a replica that finds the lease taken polls for the value
+    every ``poll_ms`` and computes itself when the lease disappears without a value (holder died or
+    failed) or after ``lease_ms``. Polling, not pub/sub: no listener connection per replica, no
+    lost-message window, and the added wait (<= poll_ms) is small next to a model call.
+    With no Redis, or Redis failing, it coalesces in process only.
+    """
+
+    def __init__(self, cache: ExactCache, *, lease_ms: int = 5000, poll_ms: float = 10.0) -> None:
+        self.cache = cache
+        self.guard = cache.guard
+        self.stats = cache.stats
+        self.lease_ms = lease_ms
+        self.poll_s = poll_ms / 1000
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._leaders: set[asyncio.Task[None]] = set()
+        self._release = self.guard.client.register_script(_RELEASE) if self.guard.client else None
+
+    @classmethod
+    def from_spec(cls, spec: CacheSpec, cache: ExactCache) -> Coalescer:
+        """Coalescer over ``cache`` (and its Redis client) with the lease settings of ``spec``."""
+        return cls(cache, lease_ms=spec.lease_ms, poll_ms=spec.poll_ms)
+
+    async def run(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The value of ``key``, computed by ``compute`` here only if no one else is computing it.
+
+        Raises:
+            Exception: whatever ``compute`` raised, for every waiter of this computation.
+        """
+
+        async def one(_: list[str]) -> list[bytes]:
+            return [await compute()]
+
+        return (await self.run_many([key], one))[0]
+
+    async def run_many(self, keys: Sequence[str], compute: ComputeMany) -> list[bytes]:
+        """Values for ``keys`` in order; ``compute`` gets, in one call, only the keys this process leads.
+
+        This keeps the ingress's one-model-call-per-request shape: keys already in flight here or on
+        another replica are awaited, the rest go to ``compute`` together.
+
+        Args:
+            keys: cache keys (duplicates allowed).
+            compute: maps a list of keys to their values, same order and length.
+
+        Raises:
+            Exception: what ``compute`` raised for a key this call needs.
+        """
+        loop = asyncio.get_running_loop()
+        mine: list[str] = []
+        futures: dict[str, asyncio.Future[bytes]] = {}
+        for key in keys:
+            if key in futures:
+                continue
+            future = self._inflight.get(key)
+            if future is None:
+                future = loop.create_future()
+                future.add_done_callback(_retrieve)
+                self._inflight[key] = future
+                mine.append(key)
+            else:
+                self.stats.coalesced_local += 1
+            futures[key] = future
+        if mine:
+            lead = _Lead({key: futures[key] for key in mine}, compute, uuid.uuid4().hex)
+            leader = asyncio.create_task(self._lead(lead))
+            self._leaders.add(leader)
+            leader.add_done_callback(self._leaders.discard)
+        return [await asyncio.shield(futures[key]) for key in keys]
+
+    async def _lead(self, lead: _Lead) -> None:
+        keys = list(lead.futures)
+        try:
+            acquired, waiting = await self._acquire(lead, keys)
+            await asyncio.gather(self._compute(lead, acquired), self._follow(lead, waiting))
+        except Exception as exc:  # a bug here must not strand the waiters
+            for key in keys:
+                self._settle(lead, key, exc=exc)
+        except BaseException:  # loop shutdown: waiters see a cancellation, not a hang
+            for key in keys:
+                self._settle(lead, key, cancel=True)
+            raise
+        finally:
+            for key in keys:  # anything left unsettled (should not happen) fails loudly, not silently
+                self._settle(lead, key, exc=RuntimeError("coalesced computation ended without a value"))
+
+    def _settle(
+        self,
+        lead: _Lead,
+        key: str,
+        value: bytes | None = None,
+        exc: BaseException | None = None,
+        cancel: bool = False,
+    ) -> None:
+        future = lead.futures[key]
+        if future.done():
+            return
+        if self._inflight.get(key) is future:  # from now on a new request starts a new computation
+            del self._inflight[key]
+        if cancel:
+            future.cancel()
+        elif exc is not None:
+            future.set_exception(exc)
+        else:
+            assert value is not None
+            future.set_result(value)
+
+    async def _acquire(self, lead: _Lead, keys: list[str]) -> tuple[list[str], list[str]]:
+        """Take free leases; settle keys whose value already landed. Returns (ours, someone else's)."""
+        if not keys:
+            return [], []
+        px, token = self.lease_ms, lead.token
+
+        async def attempt(client: Redis) -> list[object]:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(lease_key(key), token, nx=True, px=px)
+                pipe.get(key)  # a value that landed since the caller's MGET: no compute needed
+            return list(await pipe.execute())
+
+        replies = await self.guard.call(attempt, None, "lease")
+        if replies is None:  # no Redis or failing: everything is ours, computed locally
+            return list(keys), []
+        acquired, waiting, landed = [], [], []
+        for i, key in enumerate(keys):
+            got, value = replies[2 * i], replies[2 * i + 1]
+            if isinstance(value, bytes):
+                self.cache.l1.put(key, value)
+                self._settle(lead, key, value)
+                self.stats.coalesced_remote += 1
+                if got:
+                    landed.append(key)
+            elif got:
+                acquired.append(key)
+            else:
+                waiting.append(key)
+        if landed:
+            await self._release_leases(landed, token)
+        return acquired, waiting
+
+    async def _compute(self, lead: _Lead, keys: list[str]) -> None:
+        if not keys:
+            return
+        try:
+            values = list(await lead.compute(keys))
+            if len(values) != len(keys):
+                raise ValueError(f"compute returned {len(values)} values for {len(keys)} keys")
+        except Exception as exc:
+            for key in keys:
+                self._settle(lead, key, exc=exc)
+            await self._release_leases(keys, lead.token)  # others take over now, not after lease_ms
+            return
+        for key, value in zip(keys, values, strict=True):
+            self._settle(lead, key, value)
+        await self._publish(dict(zip(keys, values, strict=True)), lead.token)
+
+    async def _publish(self, values: dict[str, bytes], token: str) -> None:
+        """Values into L1 and Redis, leases released, in one round trip."""
+        ttl = self.cache.ttl_s
+        for key, value in values.items():
+            self.cache.l1.put(key, value, ttl)
+        if self.guard.client is None or self._release is None:
+            return
+        release = self._release
+
+        async def write(client: Redis) -> bool:
+            pipe = client.pipeline(transaction=False)
+            for key, value in values.items():
+                pipe.set(key, value, ex=ttl)
+            await release(keys=[lease_key(k) for k in values], args=[token], client=pipe)
+            await pipe.execute()
+            return True
+
+        if await self.guard.call(write, False, "publish"):
+            self.stats.redis_writes += len(values)
+
+    async def _release_leases(self, keys: list[str], token: str) -> None:
+        if self._release is None or not keys:
+            return
+        release = self._release
+
+        async def drop(client: Redis) -> object:
+            return await release(keys=[lease_key(k) for k in keys], args=[token], client=client)
+
+        await self.guard.call(drop, None, "lease release")
+
+    async def _follow(self, lead: _Lead, keys: list[str]) -> None:
+        """Wait for other replicas' values; take over keys whose lease lapsed without one."""
+        deadline = time.monotonic() + self.lease_ms / 1000
+        pending = list(keys)
+        while pending:
+            await asyncio.sleep(self.poll_s)
+            state = await self.guard.call(self._poll(pending), None, "lease poll")
+            if state is None or time.monotonic() >= deadline:  # Redis gone, or holder too slow
+                self.stats.lease_takeovers += len(pending)
+                await self._compute(lead, pending)
+                return
+            values, leases = state
+            orphaned, still = [], []
+            for key, value, lease in zip(pending, values, leases, strict=True):
+                if value is not None:
+                    self.cache.l1.put(key, value)
+                    self._settle(lead, key, value)
+                    self.stats.coalesced_remote += 1
+                elif lease is None:
+                    orphaned.append(key)
+                else:
+                    still.append(key)
+            if orphaned:
+                ours, theirs = await self._acquire(lead, orphaned)
+                self.stats.lease_takeovers += len(ours)
+                await self._compute(lead, ours)
+                still.extend(theirs)
+            pending = still
+
+    @staticmethod
+    def _poll(keys: list[str]) -> Callable[[Redis], Awaitable[tuple[list[bytes | None], list[bytes | None]]]]:
+        async def poll(client: Redis) -> tuple[list[bytes | None], list[bytes | None]]:
+            pipe = client.pipeline(transaction=False)
+            pipe.mget(keys)
+            pipe.mget([lease_key(k) for k in keys])
+            values, leases = await pipe.execute()
+            return values, leases
+
+        return poll

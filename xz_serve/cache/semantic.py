@@ -1,0 +1,295 @@
+"""SemanticCache: a stored value for a near-duplicate text (cosine over embeddings), shared via Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from redis.asyncio import Redis
+
+from xz_serve.cache.guard import RedisGuard
+from xz_serve.cache.spec import CacheSpec
+from xz_serve.cache.stats import CacheStats
+
+log = logging.getLogger(__name__)
+
+_CANDIDATES = 8  # neighbours inspected for the margin rule; beyond 8 equal values, agreement is assumed
+
+
+class SemanticHit(NamedTuple):
+    """The value served for a query and how similar its stored embedding was (cosine)."""
+
+    value: bytes
+    similarity: float
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (float32), so a dot product is the cosine; zero rows stay zero."""
+    rows = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    unit: np.ndarray = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+    return unit
+
+
+def choose(
+    sims: np.ndarray, values: Sequence[bytes], threshold: float, margin: float
+) -> tuple[int, float] | None:
+    """The index served for one query's similarities, or None; the whole decision rule in one place.
+
+    The best entry must reach ``threshold`` and, when ``margin`` > 0, beat the best entry holding a
+    *different* value by ``margin``: a query that sits between two cached questions with different
+    answers is a miss, while two copies of the same answer never veto each other.
+    """
+    if sims.size == 0:
+        return None
+    best = int(np.argmax(sims))
+    score = float(sims[best])
+    if score < threshold:
+        return None
+    if margin > 0 and sims.size > 1:
+        k = min(_CANDIDATES, sims.size)
+        top = np.argpartition(-sims, k - 1)[:k]
+        for i in top[np.argsort(-sims[top])]:
+            if values[int(i)] != values[best]:
+                if score - float(sims[i]) < margin:
+                    return None
+                break
+    return best, score
+
+
+class _Partition:
+    """One namespace's entries on this replica: a ring of at most ``capacity`` rows, oldest replaced."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.expires = np.zeros(0, dtype=np.float64)
+        self.values: list[bytes] = []
+        self.keys: list[str] = []
+        self.slots: dict[str, int] = {}
+        self.size = 0
+        self.head = 0  # next slot to overwrite once full: the oldest entry
+        self.last_id = b"0-0"  # newest stream entry seen
+        self.next_refresh = 0.0
+        self.refreshing = False
+
+    def add(self, key: str, vector: np.ndarray, value: bytes, expires: float) -> bool:
+        """Insert or replace ``key``; returns True when an older entry was evicted for room."""
+        if self.matrix.shape[1] != vector.shape[0]:
+            if self.size:
+                have, want = vector.shape[0], self.matrix.shape[1]
+                raise ValueError(f"embedding has {have} dims, namespace has {want}")
+            self.matrix = np.zeros((0, vector.shape[0]), dtype=np.float32)
+        evicted = False
+        slot = self.slots.get(key)
+        if slot is None:
+            if self.size < self.capacity:
+                slot = self.size
+                self._grow(slot + 1)
+                self.values.append(value)
+                self.keys.append(key)
+                self.size += 1
+            else:
+                slot = self.head
+                self.head = (self.head + 1) % self.capacity
+                del self.slots[self.keys[slot]]
+                evicted = True
+            self.slots[key] = slot
+        self.matrix[slot] = vector
+        self.expires[slot] = expires
+        self.values[slot] = value
+        self.keys[slot] = key
+        return evicted
+
+    def _grow(self, rows: int) -> None:
+        # Double up to capacity: a namespace with few entries does not pay for a full matrix.
+        if rows <= self.matrix.shape[0]:
+            return
+        alloc = min(self.capacity, max(rows, 2 * self.matrix.shape[0], 64))
+        matrix = np.zeros((alloc, self.matrix.shape[1]), dtype=np.float32)
+        matrix[: self.size] = self.matrix[: self.size]
+        expires = np.zeros(alloc, dtype=np.float64)
+        expires[: self.size] = self.expires[: self.size]
+        self.matrix, self.expires = matrix, expires
+
+
+class SemanticCache:
+    """Nearest stored entry above a cosine threshold, per namespace, visible to every replica.
+
+    Redis 7 has no vector search, so Redis only stores and ships entries: each namespace is one
+    stream (``XADD ... MAXLEN = max_entries``, so the oldest go first and memory is bounded). Every
+    replica keeps the namespace as a float32 matrix and pulls new stream entries at most every
+    ``refresh_ms`` when it is queried, which makes another replica's write visible in about that
+    long. A search is one matrix-vector product (10k x 384 is well under a millisecond).
+    Redis failures leave the local copy serving and stores local-only; nothing raises.
+    """
+
+    def __init__(
+        self,
+        guard: RedisGuard,
+        *,
+        threshold: float,
+        margin: float = 0.0,
+        max_entries: int = 10_000,
+        ttl_s: int = 86_400,
+        refresh_ms: float = 250.0,
+        page: int = 500,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.guard = guard
+        self.stats: CacheStats = guard.stats
+        self.threshold = threshold
+        self.margin = margin
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self.refresh_s = refresh_ms / 1000
+        self.page = page
+        self._clock = clock
+        self._partitions: dict[str, _Partition] = {}
+
+    @classmethod
+    def from_spec(cls, spec: CacheSpec, guard: RedisGuard | None = None) -> SemanticCache:
+        """Cache configured by ``spec``; pass ``guard`` to share one Redis client and outage state."""
+        return cls(
+            guard or RedisGuard.from_spec(spec),
+            threshold=spec.semantic_threshold,
+            margin=spec.semantic_margin,
+            max_entries=spec.semantic_max_entries,
+            ttl_s=spec.semantic_ttl_s,
+            refresh_ms=spec.semantic_refresh_ms,
+        )
+
+    @staticmethod
+    def stream_key(namespace: str) -> str:
+        """Redis key of a namespace's entries (build namespaces with ``keys.semantic_namespace``)."""
+        return f"{namespace}:entries"
+
+    def _partition(self, namespace: str) -> _Partition:
+        part = self._partitions.get(namespace)
+        if part is None:
+            part = self._partitions[namespace] = _Partition(self.max_entries)
+        return part
+
+    async def lookup(self, namespace: str, embedding: np.ndarray) -> SemanticHit | None:
+        """The value of the nearest live entry if it passes the threshold (and margin), else None."""
+        return (await self.lookup_many(namespace, embedding))[0]
+
+    async def lookup_many(self, namespace: str, embeddings: np.ndarray) -> list[SemanticHit | None]:
+        """``lookup`` for each row of ``embeddings`` ([n, dim] or [dim]) with one matrix product."""
+        queries = unit_rows(embeddings)
+        part = self._partition(namespace)
+        await self.refresh(namespace)
+        if part.size == 0:
+            self.stats.semantic_misses += len(queries)
+            return [None] * len(queries)
+        if queries.shape[1] != part.matrix.shape[1]:
+            raise ValueError(f"query has {queries.shape[1]} dims, namespace has {part.matrix.shape[1]}")
+        sims = queries @ part.matrix[: part.size].T
+        sims[:, part.expires[: part.size] <= self._clock()] = -np.inf
+        hits: list[SemanticHit | None] = []
+        for row in sims:
+            picked = choose(row, part.values, self.threshold, self.margin)
+            if picked is None:
+                self.stats.semantic_misses += 1
+                if self.margin > 0 and row.max() >= self.threshold:
+                    self.stats.semantic_rejected += 1
+                hits.append(None)
+            else:
+                self.stats.semantic_hits += 1
+                hits.append(SemanticHit(part.values[picked[0]], picked[1]))
+        return hits
+
+    async def store(
+        self,
+        namespace: str,
+        embedding: np.ndarray,
+        value: bytes,
+        ttl_s: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        """Add an entry here at once and, via one XADD, for every replica; never raises for Redis.
+
+        Args:
+            namespace: from ``keys.semantic_namespace`` (model and tenant are part of it).
+            embedding: the query text's embedding ([dim]).
+            value: what a later near-duplicate query gets back.
+            ttl_s: lifetime, at most the cache's ``ttl_s``.
+            key: identity of the entry (e.g. the exact ``cache_key``); a second store with the same
+                key replaces the first instead of occupying a second row. Default: hash of value+vector.
+        """
+        vector = unit_rows(embedding)[0]
+        ttl = min(ttl_s or self.ttl_s, self.ttl_s)
+        expires = self._clock() + ttl
+        if key is None:
+            key = hashlib.sha256(value + vector.tobytes()).hexdigest()
+        if self._partition(namespace).add(key, vector, value, expires):
+            self.stats.semantic_evictions += 1
+        stream = self.stream_key(namespace)
+        fields: dict[str | bytes, bytes | str | float] = {
+            "k": key, "e": vector.tobytes(), "v": value, "x": repr(expires)
+        }  # fmt: skip
+        cap, min_id = self.max_entries, int((self._clock() - self.ttl_s) * 1000)
+
+        async def xadd(client: Redis) -> bool:
+            pipe = client.pipeline(transaction=False)
+            pipe.xadd(stream, fields, maxlen=cap, approximate=False)  # type: ignore[arg-type]
+            pipe.xtrim(stream, minid=str(min_id), approximate=True)  # all older entries have expired
+            pipe.expire(stream, self.ttl_s)  # an abandoned namespace (old model) disappears whole
+            await pipe.execute()
+            return True
+
+        await self.guard.call(xadd, False, "semantic store")
+
+    async def refresh(self, namespace: str, force: bool = False) -> None:
+        """Pull stream entries newer than the last one seen, if ``refresh_ms`` has passed (or ``force``).
+
+        One refresh per namespace runs at a time; concurrent lookups use the entries at hand.
+        """
+        part = self._partition(namespace)
+        now = time.monotonic()
+        if part.refreshing or (now < part.next_refresh and not force):
+            return
+        part.refreshing = True
+        try:
+            stream = self.stream_key(namespace)
+            while True:
+                start = b"(" + part.last_id
+
+                async def page(client: Redis, start: bytes = start) -> list[tuple[bytes, dict[bytes, bytes]]]:
+                    entries = await client.xrange(stream, min=start, max="+", count=self.page)
+                    return entries  # type: ignore[return-value]  # bytes: decode_responses is off
+
+                entries = await self.guard.call(page, None, "semantic refresh")
+                if not entries:
+                    break
+                self._ingest(part, entries)
+                if len(entries) < self.page:
+                    break
+                await asyncio.sleep(0)  # a big first load must not starve the event loop
+        finally:
+            part.refreshing = False
+            part.next_refresh = time.monotonic() + self.refresh_s
+
+    def _ingest(self, part: _Partition, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        now = self._clock()
+        for entry_id, fields in entries:
+            part.last_id = entry_id
+            try:
+                expires = float(fields[b"x"])
+                vector = np.frombuffer(fields[b"e"], dtype=np.float32)
+                if expires <= now:
+                    continue
+                if part.add(fields[b"k"].decode(), vector, fields[b"v"], expires):
+                    self.stats.semantic_evictions += 1
+            except (KeyError, ValueError) as exc:  # a foreign or corrupt entry is skipped, not fatal
+                log.debug("skipping semantic entry %r: %s", entry_id, exc)
+
+    async def warm(self, namespace: str) -> int:
+        """Load a namespace now (replica start), so the first lookups do not pay for it; returns its size."""
+        await self.refresh(namespace, force=True)
+        return self._partition(namespace).size
