@@ -160,9 +160,10 @@ class XzSettings(BaseSettings):
     )
 
     topology: Literal["split", "fused"] = Field(
-        "split",
-        description="split: Ingress and NLU deployments scale apart (one actor hop per request); "
-        "fused: each replica serves HTTP and runs the model (no hop; `nlu` sizes it).",
+        "fused",
+        description="fused: each replica serves HTTP and runs the model (no actor hop; `nlu` sizes "
+        "it), 2.2x the req/s of split in bench/results/serving.md; split: Ingress and NLU "
+        "deployments scale apart, at one actor hop per request.",
     )
     model: ModelSpec = Field(default_factory=ModelSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)

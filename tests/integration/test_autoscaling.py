@@ -30,7 +30,7 @@ def scale_url(serve_url: str) -> Iterator[str]:
 
     from xz_serve.app import build_app
 
-    args = local_args()
+    args = local_args() | {"topology": "split"}  # scale the model deployment on its own
     args["nlu"] = args["nlu"] | {
         "min_replicas": 1,
         "max_replicas": 4,

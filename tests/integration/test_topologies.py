@@ -1,4 +1,4 @@
-"""The fused topology (HTTP + model in one replica) answers exactly like the split one."""
+"""The split topology (Ingress -> NLU replicas) answers exactly like the default fused one."""
 
 from __future__ import annotations
 
@@ -14,26 +14,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def fused_url(serve_url: str) -> Iterator[str]:
+def split_url(serve_url: str) -> Iterator[str]:
     from ray import serve
 
     from xz_serve.app import build_app
 
-    args = local_args() | {"topology": "fused"}
-    serve.run(build_app(args), name="xz-fused", route_prefix="/fused", blocking=False)
-    url = f"{serve_url}/fused"
+    args = local_args() | {"topology": "split"}
+    serve.run(build_app(args), name="xz-split", route_prefix="/split", blocking=False)
+    url = f"{serve_url}/split"
     deadline = time.monotonic() + 120
     while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "fused app not ready"
+        assert time.monotonic() < deadline, "split app not ready"
         time.sleep(0.5)
     yield url
-    serve.delete("xz-fused")
+    serve.delete("xz-split")
 
 
-def test_fused_and_split_agree(serve_url: str, fused_url: str) -> None:
+def test_fused_and_split_agree(serve_url: str, split_url: str) -> None:
     texts = ["how do i reset my pin", "i am so happy today", "what's the weather in paris"]
-    split = httpx.post(f"{serve_url}/v1/analyze", json={"texts": texts}, timeout=30).json()
-    fused = httpx.post(f"{fused_url}/v1/analyze", json={"texts": texts}, timeout=30).json()
+    fused = httpx.post(f"{serve_url}/v1/analyze", json={"texts": texts}, timeout=30).json()
+    split = httpx.post(f"{split_url}/v1/analyze", json={"texts": texts}, timeout=30).json()
     assert split["model"] == fused["model"]
     for a, b in zip(split["results"], fused["results"], strict=True):
         assert a["intent"]["label"] == b["intent"]["label"]
@@ -41,7 +41,7 @@ def test_fused_and_split_agree(serve_url: str, fused_url: str) -> None:
         assert abs(a["intent"]["confidence"] - b["intent"]["confidence"]) < 1e-3
 
 
-def test_fused_errors_are_json(fused_url: str) -> None:
-    response = httpx.post(f"{fused_url}/v1/analyze", json={"texts": []})
+def test_split_errors_are_json(split_url: str) -> None:
+    response = httpx.post(f"{split_url}/v1/analyze", json={"texts": []})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "empty_input"

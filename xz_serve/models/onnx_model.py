@@ -24,11 +24,29 @@ def load_labels(artifacts_dir: Path) -> Labels:
 
 
 def load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
-    """The MiniLM WordPiece tokenizer, truncating to ``max_tokens`` and padding to the batch."""
+    """The MiniLM WordPiece tokenizer, truncating to ``max_tokens``; batches are padded by the
+    caller, per length bucket."""
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.enable_truncation(max_length=max_tokens)
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    tokenizer.no_padding()
     return tokenizer
+
+
+def length_buckets(lengths: np.ndarray, max_waste: float = 0.25) -> list[np.ndarray]:
+    """Indices grouped by similar length (shortest first): a group ends where padding the next
+    text's length would leave more than ``max_waste`` of the group's tokens as padding."""
+    order = np.argsort(lengths, kind="stable")
+    buckets: list[list[int]] = [[]]
+    total = 0
+    for i in order:
+        group = buckets[-1]
+        padded = (len(group) + 1) * int(lengths[i])
+        if group and padded and 1 - (total + int(lengths[i])) / padded > max_waste:
+            buckets.append([])
+            total = 0
+        buckets[-1].append(int(i))
+        total += int(lengths[i])
+    return [np.array(b) for b in buckets]
 
 
 class OnnxNluModel:
@@ -63,19 +81,31 @@ class OnnxNluModel:
         return embedding, intent, sentiment
 
     def _run(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        encodings = self.tokenizer.encode_batch([spell_symbols(t) for t in texts])
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        embedding, intent, sentiment = self.session.run(
-            None, {"input_ids": ids, "attention_mask": mask}
-        )
-        return embedding, intent, sentiment, mask
+        """One pass per length bucket: texts sorted by length and cut where padding would waste
+        more than a quarter of the tokens, so a tweet does not make 30 short commands pad to it."""
+        ids_list = [e.ids for e in self.tokenizer.encode_batch([spell_symbols(t) for t in texts])]
+        lengths = np.array([len(ids) for ids in ids_list])
+        outputs: list[np.ndarray | None] = [None, None, None]
+        for bucket in length_buckets(lengths):
+            longest = int(lengths[bucket].max())
+            ids = np.zeros((len(bucket), longest), dtype=np.int64)
+            mask = np.zeros((len(bucket), longest), dtype=np.int64)
+            for row, i in enumerate(bucket):
+                ids[row, : lengths[i]] = ids_list[i]
+                mask[row, : lengths[i]] = 1
+            results = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+            for k, result in enumerate(results):
+                if outputs[k] is None:
+                    outputs[k] = np.empty((len(texts), result.shape[1]), dtype=result.dtype)
+                outputs[k][bucket] = result  # type: ignore[index]
+        embedding, intent, sentiment = (o for o in outputs if o is not None)
+        return embedding, intent, sentiment, lengths
 
     def predict(self, texts: list[str]) -> NluOutputs:
-        embedding, intent, sentiment, mask = self._run(texts)
+        embedding, intent, sentiment, lengths = self._run(texts)
         return NluOutputs(
             embeddings=embedding.astype(np.float32, copy=False),
             intent_probs=softmax(intent),
             sentiment_probs=softmax(sentiment),
-            token_counts=mask.sum(axis=1).tolist(),
+            token_counts=lengths.tolist(),
         )
