@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import ROOT, local_args
+from tests.integration.conftest import ROOT, local_args, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 APP = "xz-scale"
@@ -43,10 +43,7 @@ def scale_url(serve_url: str) -> Iterator[str]:
     args["api"] = args["api"] | {"request_timeout_s": 30}
     serve.run(build_app(args), name=APP, route_prefix="/scale", blocking=False)
     url = f"{serve_url}/scale"
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "scaling app not ready"
-        time.sleep(0.5)
+    wait_ready(url)
     yield url
     serve.delete(APP)
 

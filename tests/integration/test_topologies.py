@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.integration.conftest import local_args
+from tests.integration.conftest import local_args, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,10 +21,7 @@ def split_url(serve_url: str) -> Iterator[str]:
     args = local_args() | {"topology": "split"}
     serve.run(build_app(args), name="xz-split", route_prefix="/split", blocking=False)
     url = f"{serve_url}/split"
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "split app not ready"
-        time.sleep(0.5)
+    wait_ready(url)
     yield url
     serve.delete("xz-split")
 
