@@ -117,7 +117,10 @@ class DeploymentSpec(_Spec):
         "upscale, so a short lull between bursts does not flap the replica count.",
     )
     look_back_period_s: float = Field(
-        10.0, gt=0, description="Window over which in-flight requests are averaged for scaling."
+        15.0,
+        gt=0,
+        description="Window over which in-flight requests are averaged for scaling; Serve wants it "
+        "longer than its 10 s metrics interval.",
     )
     graceful_shutdown_timeout_s: float = Field(
         20.0, gt=0, description="How long a stopping replica may drain its in-flight requests."
