@@ -40,11 +40,11 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     log.info("%s topology; nlu deployment options: %s", settings.topology, nlu_options)
     if settings.topology == "fused":
         fused = serve.deployment(FusedServer).options(name="xz", health_check_period_s=10, **nlu_options)
-        return fused.bind(settings.model, settings.batch, settings.api)
+        return fused.bind(settings)
     nlu = (
         serve.deployment(NluReplica)
         .options(name="nlu", health_check_period_s=10, **nlu_options)
         .bind(settings.model, settings.batch, settings.api.top_k)
     )
     ingress = serve.deployment(Ingress).options(name="ingress", **settings.ingress.serve_options())
-    return ingress.bind(nlu, settings.api, settings.batch)
+    return ingress.bind(nlu, settings)

@@ -16,8 +16,8 @@ from ray import serve
 from xz_serve.api.client import merge
 from xz_serve.api.routes import create_api
 from xz_serve.batching.replica import NluReplica
-from xz_serve.settings import ApiSpec, BatchSpec, ModelSpec
-from xz_serve.types import PredictResult
+from xz_serve.settings import XzSettings
+from xz_serve.types import CallMeta, PredictResult
 
 
 class LocalNluClient:
@@ -27,11 +27,11 @@ class LocalNluClient:
         self.replica = replica
         self.chunk = max_batch_size
 
-    async def predict(self, texts: list[str]) -> PredictResult:
+    async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult:
         chunks = [texts[i : i + self.chunk] for i in range(0, len(texts), self.chunk)]
         if len(chunks) == 1:
-            return await self.replica.predict(chunks[0])
-        return merge(list(await asyncio.gather(*(self.replica.predict(c) for c in chunks))))
+            return await self.replica.predict(chunks[0], meta)
+        return merge(list(await asyncio.gather(*(self.replica.predict(c, meta) for c in chunks))))
 
     async def describe(self) -> dict[str, Any]:
         return self.replica.describe()
@@ -41,9 +41,9 @@ class LocalNluClient:
 class FusedServer:
     """One Serve replica = FastAPI app + @serve.batch + ONNX model."""
 
-    def __init__(self, model: ModelSpec, batch: BatchSpec, api: ApiSpec) -> None:
-        self.replica = NluReplica(model, batch, api.top_k)
-        self._app = create_api(LocalNluClient(self.replica, batch.max_batch_size), api)
+    def __init__(self, settings: XzSettings) -> None:
+        self.replica = NluReplica(settings.model, settings.batch, settings.api.top_k)
+        self._app = create_api(LocalNluClient(self.replica, settings.batch.max_batch_size), settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app

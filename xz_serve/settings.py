@@ -8,6 +8,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Each concern's spec lives beside its code (pure pydantic, no I/O) and is nested here, so XzSettings
+# stays the one schema of `args:` while each package owns its knobs.
+from xz_serve.access.spec import AccessSpec
+from xz_serve.cache.spec import CacheSpec
+from xz_serve.dialog.spec import DialogSpec
+from xz_serve.telemetry.spec import TelemetrySpec
+
 Quantization = Literal["int8", "fp32"]
 
 
@@ -155,6 +162,23 @@ class DeploymentSpec(_Spec):
         return options
 
 
+class StoreSpec(_Spec):
+    """The durable Redis: API keys, sessions and rate-limit counters (AOF on, no eviction).
+
+    Separate from the cache's Redis, which evicts under memory pressure by design: a key or a
+    session must never be evicted to make room for a cached prediction.
+    """
+
+    redis_url: str | None = Field(
+        None,
+        description="redis:// URL of the durable store, from env (XZ_STORE__REDIS_URL) as it may "
+        "carry a password. None: keys, sessions and limits live in process memory (development only).",
+    )
+    timeout_ms: float = Field(
+        200.0, gt=0, le=10_000, description="Longest one store round trip may take before it fails."
+    )
+
+
 class XzSettings(BaseSettings):
     """Everything xz_serve reads; built once in ``build_app`` and sliced per deployment."""
 
@@ -177,6 +201,11 @@ class XzSettings(BaseSettings):
     nlu: DeploymentSpec = Field(
         default_factory=lambda: DeploymentSpec(num_cpus=1.0, max_ongoing_requests=256)
     )
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    access: AccessSpec = Field(default_factory=AccessSpec)
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    dialog: DialogSpec = Field(default_factory=DialogSpec)
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> XzSettings:

@@ -36,3 +36,11 @@ class PredictResult:
     stats: BatchStats
     model_id: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CallMeta:
+    """Request facts that travel with each ``predict`` call to a model replica."""
+
+    deadline: float | None = None  # wall-clock epoch seconds; a call past it is dropped unrun
+    carrier: dict[str, str] = field(default_factory=dict)  # W3C trace context of the caller

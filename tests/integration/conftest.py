@@ -1,9 +1,12 @@
-"""A real local Ray cluster running the real Serve app with the built INT8 model."""
+"""A real local Ray cluster running the real Serve app with the built INT8 model, and two real
+redis-servers (the cache's and the durable store's) that tests may kill and restart."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).parents[2]
 
@@ -36,13 +40,52 @@ def wait_ready(base_url: str, timeout_s: float = 120) -> None:
 
 
 @pytest.fixture(scope="session")
-def serve_url() -> Iterator[str]:
-    """Start Ray + Serve with deployments/local.yaml's args; shut both down afterwards."""
+def redis_cache() -> Iterator[RedisServer]:
+    """The shared cache's redis-server (allkeys-lru, no persistence), as in production."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_store() -> Iterator[RedisServer]:
+    """The durable store's redis-server (AOF, noeviction): keys, sessions, rate limits."""
+    server = RedisServer(durable=True)
+    server.start()
+    yield server
+    server.close()
+
+
+@contextmanager
+def deployed(base_url: str, name: str, args: dict[str, Any]) -> Iterator[str]:
+    """Run one more app with ``args`` at ``/{name}`` beside the default one; delete it afterwards."""
+    from ray import serve
+
+    from xz_serve.app import build_app
+
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}", blocking=False)
+    url = f"{base_url}/{name}"
+    try:
+        wait_ready(url)
+        yield url
+    finally:
+        serve.delete(name)
+
+
+@pytest.fixture(scope="session")
+def serve_url(redis_cache: RedisServer, redis_store: RedisServer) -> Iterator[str]:
+    """Start Ray + Serve with deployments/local.yaml's args; shut both down afterwards.
+
+    The Redis URLs reach the app the way they do in production: as XZ_* environment variables.
+    """
     import ray
     from ray import serve
 
     from xz_serve.app import build_app
 
+    os.environ["XZ_CACHE__REDIS_URL"] = redis_cache.url
+    os.environ["XZ_STORE__REDIS_URL"] = redis_store.url
     port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:

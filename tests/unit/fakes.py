@@ -6,7 +6,7 @@ from typing import Any
 
 from xz_serve.models.fake import FakeModel
 from xz_serve.models.postprocess import label_outputs
-from xz_serve.types import BatchStats, PredictResult
+from xz_serve.types import BatchStats, CallMeta, PredictResult
 
 
 class FakeNluClient:
@@ -16,7 +16,7 @@ class FakeNluClient:
         self.model = FakeModel()
         self.calls: list[list[str]] = []
 
-    async def predict(self, texts: list[str]) -> PredictResult:
+    async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult:
         self.calls.append(texts)
         outputs = self.model.predict(texts)
         predictions = label_outputs(outputs, self.model.labels, outputs.token_counts, top_k=3)

@@ -10,13 +10,13 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 
 from xz_serve.errors import ModelFailureError, NotReadyError, OverloadedError, XzError
-from xz_serve.types import BatchStats, PredictResult
+from xz_serve.types import BatchStats, CallMeta, PredictResult
 
 
 class NluClient(Protocol):
     """Predictions for texts, and what model answers them."""
 
-    async def predict(self, texts: list[str]) -> PredictResult: ...
+    async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult: ...
 
     async def describe(self) -> dict[str, Any]: ...
 
@@ -43,9 +43,9 @@ class ServeNluClient:
         self.chunk = max_batch_size
         self.timeout_s = timeout_s
 
-    async def predict(self, texts: list[str]) -> PredictResult:
+    async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult:
         chunks = [texts[i : i + self.chunk] for i in range(0, len(texts), self.chunk)]
-        calls = [self.handle.predict.remote(chunk) for chunk in chunks]
+        calls = [self.handle.predict.remote(chunk, meta) for chunk in chunks]
         try:
             async with asyncio.timeout(self.timeout_s):
                 parts = await asyncio.gather(*calls)

@@ -10,7 +10,7 @@ from ray.serve.handle import DeploymentHandle
 
 from xz_serve.api.client import ServeNluClient
 from xz_serve.api.routes import create_api
-from xz_serve.settings import ApiSpec, BatchSpec
+from xz_serve.settings import XzSettings
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 class Ingress:
     """Validates, calls the NLU replicas once per request (in batch-sized chunks), shapes JSON."""
 
-    def __init__(self, nlu: DeploymentHandle, api: ApiSpec, batch: BatchSpec) -> None:
-        client = ServeNluClient(nlu, batch.max_batch_size, api.request_timeout_s)
-        self._app = create_api(client, api)
+    def __init__(self, nlu: DeploymentHandle, settings: XzSettings) -> None:
+        client = ServeNluClient(nlu, settings.batch.max_batch_size, settings.api.request_timeout_s)
+        self._app = create_api(client, settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -14,10 +13,11 @@ from fastapi.responses import JSONResponse
 from xz_serve import __version__
 from xz_serve.api import schemas
 from xz_serve.api.client import NluClient
+from xz_serve.api.context import Ctx, RequestContext
 from xz_serve.api.errors import BodyLimitMiddleware, install_error_handlers
 from xz_serve.api.validation import request_texts
 from xz_serve.errors import InvalidInputError, XzError
-from xz_serve.settings import ApiSpec
+from xz_serve.settings import XzSettings
 from xz_serve.types import PredictResult, TextPrediction
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -31,9 +31,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _headers(result: PredictResult, started: float) -> dict[str, str]:
+def _headers(result: PredictResult, started: float, ctx: RequestContext) -> dict[str, str]:
     return {
-        "x-request-id": uuid.uuid4().hex,
+        **ctx.response_headers,
+        "x-request-id": ctx.request_id,
         "x-model": result.model_id,
         "x-queue-time-ms": f"{result.stats.queue_ms:.2f}",
         "x-inference-time-ms": f"{result.stats.inference_ms:.2f}",
@@ -56,8 +57,13 @@ def _sentiment(pred: TextPrediction) -> dict[str, Any]:
     return {"label": max(scores, key=scores.__getitem__), "scores": scores}
 
 
-def create_api(client: NluClient, api: ApiSpec) -> FastAPI:
-    """Build the HTTP app around ``client``; Serve wraps it, tests drive it directly."""
+def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
+    """Build the HTTP app around ``client``; Serve wraps it, tests drive it directly.
+
+    Stages run in one direction: middlewares (outermost first) fill the request's
+    ``RequestContext``; routes validate, call the (cached) NLU client with it and shape JSON.
+    """
+    api = settings.api
     app = FastAPI(
         title="xz_serve",
         version=__version__,
@@ -70,15 +76,15 @@ def create_api(client: NluClient, api: ApiSpec) -> FastAPI:
     def out_of_scope(pred: TextPrediction) -> bool:
         return pred.out_of_scope or pred.intents[0][1] < api.oos_threshold
 
-    async def run(request: schemas.TextsRequest) -> tuple[PredictResult, int, float]:
+    async def run(request: schemas.TextsRequest, ctx: RequestContext) -> tuple[PredictResult, int, float]:
         started = time.perf_counter()
         texts = request_texts(request.text, request.texts, api)
-        return await client.predict(texts), request.top_k or api.top_k, started
+        return await client.predict(texts, ctx.call_meta()), request.top_k or api.top_k, started
 
     @app.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
-    async def analyze(request: schemas.TextsRequest) -> Response:
+    async def analyze(request: schemas.TextsRequest, ctx: Ctx) -> Response:
         """Intent, sentiment and out-of-scope flag per text, from one encoder pass."""
-        result, top_k, started = await run(request)
+        result, top_k, started = await run(request, ctx)
         results = [
             {
                 "index": i,
@@ -89,34 +95,38 @@ def create_api(client: NluClient, api: ApiSpec) -> FastAPI:
             for i, p in enumerate(result.predictions)
         ]
         body = {"model": result.model_id, "results": results}
-        return JSONResponse(body, headers=_headers(result, started))
+        return JSONResponse(body, headers=_headers(result, started, ctx))
 
     @app.post("/v1/intent", response_model=schemas.AnalyzeResponse, tags=["nlu"])
-    async def intent(request: schemas.TextsRequest) -> Response:
+    async def intent(request: schemas.TextsRequest, ctx: Ctx) -> Response:
         """Intent and out-of-scope flag per text."""
-        result, top_k, started = await run(request)
+        result, top_k, started = await run(request, ctx)
         results = [
             {"index": i, "intent": _intent(p, top_k, oos := out_of_scope(p)), "out_of_scope": oos}
             for i, p in enumerate(result.predictions)
         ]
-        return JSONResponse({"model": result.model_id, "results": results}, headers=_headers(result, started))
+        return JSONResponse(
+            {"model": result.model_id, "results": results}, headers=_headers(result, started, ctx)
+        )
 
     @app.post("/v1/sentiment", response_model=schemas.AnalyzeResponse, tags=["nlu"])
-    async def sentiment(request: schemas.TextsRequest) -> Response:
+    async def sentiment(request: schemas.TextsRequest, ctx: Ctx) -> Response:
         """Sentiment label and scores per text."""
-        result, _, started = await run(request)
+        result, _, started = await run(request, ctx)
         results = [{"index": i, "sentiment": _sentiment(p)} for i, p in enumerate(result.predictions)]
-        return JSONResponse({"model": result.model_id, "results": results}, headers=_headers(result, started))
+        return JSONResponse(
+            {"model": result.model_id, "results": results}, headers=_headers(result, started, ctx)
+        )
 
     @app.post("/v1/embeddings", response_model=schemas.EmbeddingResponse, tags=["embeddings"])
-    async def embeddings(request: schemas.EmbeddingRequest) -> Response:
+    async def embeddings(request: schemas.EmbeddingRequest, ctx: Ctx) -> Response:
         """OpenAI-compatible embeddings (L2-normalised, 384 dimensions)."""
         started = time.perf_counter()
         if isinstance(request.input, str):
             texts = request_texts(request.input, None, api)
         else:
             texts = request_texts(None, request.input, api)
-        result = await client.predict(texts)
+        result = await client.predict(texts, ctx.call_meta())
         dim = int(result.predictions[0].embedding.shape[0])
         if request.dimensions is not None and request.dimensions != dim:
             raise InvalidInputError(f"dimensions must be {dim} for this model", code="unsupported_dimensions")
@@ -136,7 +146,7 @@ def create_api(client: NluClient, api: ApiSpec) -> FastAPI:
             "model": result.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return JSONResponse(body, headers=_headers(result, started))
+        return JSONResponse(body, headers=_headers(result, started, ctx))
 
     @app.get("/v1/models", response_model=schemas.ModelList, tags=["meta"])
     async def models() -> dict[str, Any]:

@@ -16,17 +16,17 @@ from xz_serve.errors import ModelFailureError
 from xz_serve.models.base import NluModel
 from xz_serve.models.postprocess import label_outputs
 from xz_serve.settings import BatchSpec, ModelSpec
-from xz_serve.types import BatchStats, PredictResult, TextPrediction
+from xz_serve.types import BatchStats, CallMeta, PredictResult, TextPrediction
 
 log = logging.getLogger(__name__)
 
 HEALTH_TEXT = "what is the balance of my checking account"
-Call = tuple[list[str], float]  # (texts, enqueue time)
+Call = tuple[list[str], float, CallMeta | None]  # (texts, enqueue time, caller's request facts)
 
 
 def count_texts(calls: list[Call]) -> int:
     """Batch size in texts, not calls: a 20-text request weighs 20 in the batch."""
-    return sum(len(texts) for texts, _ in calls)
+    return sum(len(call[0]) for call in calls)
 
 
 class NluReplica:
@@ -67,7 +67,7 @@ class NluReplica:
         self._batched.set_max_batch_size(spec.max_batch_size)
         self._batched.set_batch_wait_timeout_s(spec.batch_wait_timeout_s)
 
-    async def predict(self, texts: list[str]) -> PredictResult:
+    async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult:
         """Predictions for ``texts`` (at most ``max_batch_size`` of them), in order.
 
         Raises:
@@ -78,7 +78,7 @@ class NluReplica:
         # lone call at once, a busy one gathers the calls that arrive meanwhile into one pass.
         now = time.perf_counter()
         self._batched.set_batch_wait_timeout_s(min(max(self._busy_until - now, 0.0), self._wait_s))
-        outcome = await self._batched((texts, now))
+        outcome = await self._batched((texts, now, meta))
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -103,7 +103,7 @@ class NluReplica:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004, batch_size_fn=count_texts)
     async def _batched(self, calls: list[Call]) -> list[PredictResult | Exception]:
         started = time.perf_counter()
-        unique = list(dict.fromkeys(t for texts, _ in calls for t in texts))
+        unique = list(dict.fromkeys(t for texts, _, _ in calls for t in texts))
         try:
             by_text = await self._infer(unique)
         except Exception:
@@ -116,11 +116,11 @@ class NluReplica:
                 stats=BatchStats((started - enqueued) * 1000, inference_ms, len(unique), len(calls)),
                 model_id=self.model.model_id,
             )
-            for texts, enqueued in calls
+            for texts, enqueued, _ in calls
         ]
 
     async def _alone(self, call: Call, started: float) -> PredictResult | Exception:
-        texts, enqueued = call
+        texts, enqueued, _ = call
         try:
             by_text = await self._infer(list(dict.fromkeys(texts)))
         except Exception as exc:

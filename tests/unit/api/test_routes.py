@@ -12,9 +12,10 @@ import pytest
 
 from tests.unit.fakes import FakeNluClient
 from xz_serve.api.routes import create_api
-from xz_serve.settings import ApiSpec
+from xz_serve.settings import ApiSpec, XzSettings
 
 API = ApiSpec(max_texts=4, max_text_chars=50, max_body_bytes=2048)
+SETTINGS = XzSettings(api=API)
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def fake() -> FakeNluClient:
 
 @pytest.fixture
 async def client(fake: FakeNluClient) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_api(fake, API))
+    transport = httpx.ASGITransport(app=create_api(fake, SETTINGS))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
 

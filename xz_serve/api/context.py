@@ -1,0 +1,48 @@
+"""RequestContext: what one request carries through the stages (who, until when, cache rules, trace).
+
+Middlewares and dependencies fill it in (auth sets the tenant, the deadline stage the deadline,
+telemetry the trace carrier); routes hand it to the NLU client and the dialog layer, and every
+stage may add response headers to it. One object per request, kept on ``request.state``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import Request
+
+from xz_serve.types import CallMeta
+
+
+@dataclass
+class RequestContext:
+    """Per-request facts shared by the stages of one request."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tenant: str = "default"  # cache and limits partition: the API key's tenant
+    key_id: str | None = None  # the API key that authenticated the request, if any
+    deadline: float | None = None  # wall-clock epoch seconds: comparable across processes
+    cache_read: bool = True  # False for `Cache-Control: no-cache` (compute, may still store)
+    cache_write: bool = True  # False for `Cache-Control: no-store`
+    carrier: dict[str, str] = field(default_factory=dict)  # W3C trace context to propagate
+    response_headers: dict[str, str] = field(default_factory=dict)  # added by any stage
+
+    def call_meta(self) -> CallMeta:
+        """What crosses the actor boundary to a model replica with each call."""
+        return CallMeta(deadline=self.deadline, carrier=dict(self.carrier))
+
+
+def get_context(request: Request) -> RequestContext:
+    """FastAPI dependency: this request's context, created on first use."""
+    ctx: RequestContext | None = getattr(request.state, "xz", None)
+    if ctx is None:
+        ctx = RequestContext()
+        request.state.xz = ctx
+    return ctx
+
+
+Ctx = Annotated[RequestContext, Depends(get_context)]
+"""Route parameter type: ``ctx: Ctx`` injects the request's context."""

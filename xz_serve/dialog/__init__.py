@@ -1,0 +1,1 @@
+"""Conversations: sessions, intent policy, escalation, LLM upstream and reply cache (issue 7)."""

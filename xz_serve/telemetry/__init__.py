@@ -1,0 +1,1 @@
+"""Traces (OpenTelemetry), metrics (Ray -> Prometheus) and structured logs (issue 4)."""
