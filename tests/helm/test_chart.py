@@ -123,8 +123,10 @@ def test_every_rendered_object_validates(scenario: tuple[str, dict[str, Any], li
 def test_default_objects(defaults: list[dict[str, Any]]) -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in defaults)
     assert kinds == [
+        ("Deployment", "xz-xz-serve-cache"),
         ("RayService", "xz-xz-serve"),
         ("Secret", "xz-xz-serve-redis"),
+        ("Service", "xz-xz-serve-cache"),
         ("Service", "xz-xz-serve-dashboard"),
         ("Service", "xz-xz-serve-redis"),
         ("StatefulSet", "xz-xz-serve-redis"),
@@ -207,9 +209,10 @@ def test_app_env_redis_url_from_secret_and_otlp(ci: list[dict[str, Any]]) -> Non
     secret = one(ci, "Secret", "-redis")
     for template in ray_pods(one(ci, "RayService")).values():
         env = env_of(template["spec"]["containers"][0])
-        assert env["XZ_CACHE__REDIS_URL"] == {
+        assert env["XZ_STORE__REDIS_URL"] == {
             "secretKeyRef": {"name": secret["metadata"]["name"], "key": "redis-url"}
         }
+        assert env["XZ_CACHE__REDIS_URL"] == "redis://xz-xz-serve-cache.prod.svc:6379/0"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability.svc:4317"
         assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
         assert env["OTEL_EXPORTER_OTLP_HEADERS"] == {
@@ -242,6 +245,7 @@ def test_redis_statefulset_persists_with_aof(
         args = container["args"]
         assert args[args.index("--appendonly") + 1] == "yes"
         assert args[args.index("--dir") + 1] == "/data"
+        assert args[args.index("--maxmemory-policy") + 1] == "noeviction"  # a store never drops keys
         (claim,) = sts["spec"]["volumeClaimTemplates"]
         assert container["volumeMounts"] == [{"name": claim["metadata"]["name"], "mountPath": "/data"}]
         assert sts["spec"]["serviceName"] == service["metadata"]["name"]
@@ -268,14 +272,45 @@ def test_external_redis(name: str) -> None:
     assert not [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-redis")]
     env = env_of(ray_pods(one(objects, "RayService"))["worker"]["spec"]["containers"][0])
     if name == "external-redis-secret":
-        assert env["XZ_CACHE__REDIS_URL"] == {"secretKeyRef": {"name": "shared-redis", "key": "url"}}
+        assert env["XZ_STORE__REDIS_URL"] == {"secretKeyRef": {"name": "shared-redis", "key": "url"}}
         assert not [o for o in objects if o["kind"] == "Secret"]
     else:
         secret = one(objects, "Secret")
         assert secret["stringData"] == {"redis-url": "rediss://redis.example.com:6380/2"}
-        assert env["XZ_CACHE__REDIS_URL"] == {
+        assert env["XZ_STORE__REDIS_URL"] == {
             "secretKeyRef": {"name": secret["metadata"]["name"], "key": "redis-url"}
         }
+
+
+def test_cache_redis_evicts_and_keeps_nothing(
+    defaults: list[dict[str, Any]], ci: list[dict[str, Any]]
+) -> None:
+    for objects, maxmemory in ((defaults, "256mb"), (ci, "1gb")):
+        deployment = one(objects, "Deployment", "-cache")
+        service = one(objects, "Service", "-cache")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert args[args.index("--maxmemory") + 1] == maxmemory
+        assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru"
+        assert args[args.index("--appendonly") + 1] == "no"
+        assert "volumes" not in deployment["spec"]["template"]["spec"]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selects(service["spec"]["selector"], pod_labels)
+        assert not selects(
+            service["spec"]["selector"], one(objects, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+        )
+
+
+def test_cache_redis_external_or_none() -> None:
+    external = render(
+        user_values(sets=["cacheRedis.enabled=false,cacheRedis.external.url=redis://c.example:6379/1"])
+    )
+    assert not [o for o in external if o["kind"] == "Deployment"]
+    env = env_of(ray_pods(one(external, "RayService"))["worker"]["spec"]["containers"][0])
+    assert env["XZ_CACHE__REDIS_URL"] == "redis://c.example:6379/1"
+    none = render(user_values(sets=["cacheRedis.enabled=false"]))
+    env = env_of(ray_pods(one(none, "RayService"))["worker"]["spec"]["containers"][0])
+    assert "XZ_CACHE__REDIS_URL" not in env and "XZ_STORE__REDIS_URL" in env
 
 
 # --- Services and metrics ---------------------------------------------------------------------------

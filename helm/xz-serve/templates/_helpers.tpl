@@ -165,6 +165,13 @@ Env entries of the app: Ray flags, the Redis URL from a Secret, OpenTelemetry, e
     secretKeyRef:
       name: {{ include "xz-serve.redisSecretName" . }}
       key: {{ include "xz-serve.redisSecretKey" . }}
+{{- if .Values.cacheRedis.enabled }}
+- name: {{ .Values.cacheRedis.urlEnvName }}
+  value: {{ printf "redis://%s-cache.%s.svc:6379/0" (include "xz-serve.fullname" .) .Release.Namespace | quote }}
+{{- else if .Values.cacheRedis.external.url }}
+- name: {{ .Values.cacheRedis.urlEnvName }}
+  value: {{ .Values.cacheRedis.external.url | quote }}
+{{- end }}
 {{- with .Values.otel.serviceName }}
 - name: OTEL_SERVICE_NAME
   value: {{ . | quote }}
