@@ -1,20 +1,27 @@
-"""Choose the semantic cache's similarity threshold (and margin rule) on the shared paraphrase sets.
+"""Choose the semantic cache's threshold and verifier, and fit the verifier, on the paraphrase sets.
 
 Why: a semantic hit serves a stored answer to a different text, so a wrong hit is a wrong answer.
-The threshold is set by precision first, hit rate second, on the served model's own embeddings:
+Cosine alone tops out near 0.92 precision on QQP, so a candidate must also pass the pair verifier
+(xz_serve/cache/verify.py: vetoes, then a logistic regression over lexical statistics + cosine).
+Everything runs on the served model's own embeddings:
 
-- QQP pairs (5,000, 38% duplicates): a hit is ``cos(a, b) >= t``; precision = share of hits labelled
-  duplicate. Also "QQP as a cache": every ``text_a`` is stored, each ``text_b`` is looked up; a hit
-  is right only if it returns its own pair's ``text_a`` and the pair is a duplicate.
+- QQP pairs (5,000, 38% duplicates): a hit is ``cos(a, b) >= t`` and the verifier accepts; precision
+  = share of hits labelled duplicate. The verifier's regression is fitted on QQP, so every QQP
+  figure uses **held-out** probabilities: 5-fold cross-validation (stratified, seed 0), each pair
+  scored by the model fitted on the other four folds. "QQP as a cache": every ``text_a`` stored,
+  each ``text_b`` looked up (its candidates scored by its own pair's held-out model); a hit is right
+  only if it returns its own pair's ``text_a`` and the pair is a duplicate.
 - StackFAQ (60 FAQs x ~10 human rephrasings): the cache holds the 60 canonical questions plus every
   QQP question and CLINC150 val utterance as confusable distractors (>12k entries); each rephrasing
   is looked up and a hit is right if it returns its FAQ. "Absent": the same lookups with the FAQ's
-  own entry removed, the common production case of a question nobody asked yet: every hit is wrong.
+  own entry removed (a question nobody asked yet): every hit is wrong. Scored by the shipped
+  verifier (fitted on all of QQP; StackFAQ plays no part in the fit).
 
-The rule is the one ``SemanticCache`` applies (``semantic.choose``); the chosen rule is re-run
-through a real (local-only) SemanticCache to check that library and benchmark agree.
+The decision rule is ``semantic.choose`` evaluated over each query's 8 nearest entries (vectorised);
+the chosen cell is replayed through a real (local-only) SemanticCache to check that they agree.
 
-    python bench/semantic_threshold.py            # writes bench/results/semantic_threshold.{json,md}
+    python bench/semantic_threshold.py   # writes bench/results/semantic_threshold.{json,md} and prints
+                                         # the verifier's coefficients to paste into verify.py if they moved
 """
 
 from __future__ import annotations
@@ -24,24 +31,29 @@ import asyncio
 import hashlib
 import json
 import math
-import re
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xz_serve.cache import verify
 from xz_serve.cache.guard import RedisGuard
-from xz_serve.cache.semantic import SemanticCache, choose, unit_rows
+from xz_serve.cache.semantic import SemanticCache, unit_rows
+from xz_serve.cache.verify import PairVerifier, feature_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
 THRESHOLDS = [round(0.60 + 0.01 * i, 2) for i in range(40)]
-MARGINS = [0.0, 0.02, 0.05, 0.1]
+MARGINS = [0.0, 0.05, 0.1]
+MIN_PROBABILITIES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
 TARGETS = {"faq_hit_rate": 0.50, "faq_precision": 0.98, "qqp_precision": 0.95}
+FOLDS = 5
+FIT_MIN_COSINE = 0.6  # the verifier only ever sees candidates above the threshold: fit that region
+L2 = 1.0  # ridge penalty on the standardised coefficients (not the intercept)
+TOP = 8  # candidates per query, as semantic._CANDIDATES
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -109,48 +121,109 @@ def wilson_low(successes: int, n: int, z: float = 1.96) -> float | None:
     return (centre - spread) / (1 + z * z / n)
 
 
-_NEGATIONS = frozenset(["not", "no", "never", "nothing", "nobody", "none", "without", "cannot"])
-_STOP_WORDS = (
-    "a an the is are was were be been do does did i me my we our you your he she it its they them "
-    "their what which who this that these those am of to in for on at by with from as about into "
-    "can will should could would how why when where there here and or but if so than too very just"
-)
-_STOP = frozenset(_STOP_WORDS.split())
-
-
-def lexical_agrees(a: str, b: str) -> bool:
-    """Cheap checks a cosine misses: same numbers, same negation, and not the same words reordered.
-
-    Catches QQP's "train no. 19708" vs "19707", "score of 40" vs "45", "Apple better than Samsung"
-    vs the reverse. Evaluated here only: SemanticCache does not apply it (the table shows why).
-    """
-    ta = re.findall(r"[a-z0-9]+", a.lower().replace("n't", " not"))
-    tb = re.findall(r"[a-z0-9]+", b.lower().replace("n't", " not"))
-    if sorted(re.findall(r"\d+", a)) != sorted(re.findall(r"\d+", b)):
-        return False
-    if bool(_NEGATIONS.intersection(ta)) != bool(_NEGATIONS.intersection(tb)):
-        return False
-    ca = [w.removesuffix("s") for w in ta if w not in _STOP]
-    cb = [w.removesuffix("s") for w in tb if w not in _STOP]
-    return not (sorted(ca) == sorted(cb) and ca != cb)
-
-
-def decisions(sims: np.ndarray, values: list[bytes], threshold: float, margin: float) -> list[int | None]:
-    """Entry served per query row (or None), with the library's own decision rule."""
-    out: list[int | None] = []
-    for row in sims:
-        picked = choose(row, values, threshold, margin)
-        out.append(None if picked is None else picked[0])
-    return out
-
-
-def rounded(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 4)
-
-
 def ratio(a: int, b: int) -> float | None:
     """a/b to 4 places; None (null in JSON) when there is nothing to divide by."""
     return round(float(a) / float(b), 4) if b else None  # plain floats: numpy scalars are not JSON
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> PairVerifier:
+    """Ridge logistic regression (Newton's method) on standardised features, as a PairVerifier."""
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    design = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    w = np.zeros(design.shape[1])
+    penalty = np.full(design.shape[1], l2)
+    penalty[-1] = 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-design @ w))
+        grad = design.T @ (p - y) + penalty * w
+        hess = (design * (p * (1 - p))[:, None]).T @ design + np.diag(penalty)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return PairVerifier(
+        min_probability=0.5,
+        coef=tuple(round(float(c), 6) for c in w[:-1]),
+        intercept=round(float(w[-1]), 6),
+        mean=tuple(round(float(m), 6) for m in mean),
+        scale=tuple(round(float(s), 6) for s in scale),
+    )
+
+
+def predict(model: PairVerifier, x: np.ndarray) -> np.ndarray:
+    """``model.probability`` for rows of features at once."""
+    z = ((x - np.asarray(model.mean)) / np.asarray(model.scale)) @ np.asarray(model.coef) + model.intercept
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -500, 500))))
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Fold number per row, each fold with the same share of duplicates."""
+    rng = np.random.default_rng(seed)
+    folds = np.zeros(len(labels), dtype=int)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        folds[rows] = np.arange(len(rows)) % k
+    return folds
+
+
+def vetoed(pairs: list[tuple[str, str]]) -> np.ndarray:
+    return np.array([verify.veto(a, b) is not None for a, b in pairs], dtype=bool)
+
+
+class Candidates:
+    """Each query's ``TOP`` nearest entries with what the decision rule needs about them."""
+
+    def __init__(
+        self,
+        sims: np.ndarray,
+        query_texts: list[str],
+        entry_texts: list[str],
+        value_ids: np.ndarray,
+        models: list[PairVerifier],
+        model_of_query: np.ndarray,
+    ) -> None:
+        rows = np.arange(len(sims))[:, None]
+        top = np.argpartition(-sims, TOP - 1, axis=1)[:, :TOP]
+        order = np.argsort(-sims[rows, top], axis=1)
+        self.index = top[rows, order]
+        self.sims = sims[rows, self.index]
+        self.values = value_ids[self.index]
+        pairs = [(query_texts[q], entry_texts[e]) for q in range(len(sims)) for e in self.index[q]]
+        self.veto = vetoed(pairs).reshape(self.index.shape)
+        feats = feature_matrix(pairs, self.sims.ravel().tolist())
+        probs = np.zeros(len(pairs))
+        owner = np.repeat(model_of_query, TOP)
+        for m, model in enumerate(models):
+            mask = owner == m
+            probs[mask] = predict(model, feats[mask])
+        self.prob = probs.reshape(self.index.shape)
+
+    def accepted(self, mode: str, min_probability: float) -> np.ndarray:
+        if mode == "cosine":
+            return np.ones(self.sims.shape, dtype=bool)
+        if mode == "vetoes":
+            return ~self.veto
+        return ~self.veto & (self.prob >= min_probability)
+
+    def served(self, accepted: np.ndarray, threshold: float, margin: float) -> np.ndarray:
+        """Entry index served per query (-1: miss): ``semantic.choose`` over the top candidates."""
+        rows = np.arange(len(self.sims))
+        ok = accepted & (self.sims >= threshold)
+        best = ok.argmax(axis=1)
+        score = self.sims[rows, best]
+        rivals = (
+            accepted
+            & (self.sims > score[:, None] - margin)
+            & (self.values != self.values[rows, best][:, None])
+        )
+        hit = ok.any(axis=1) & ~rivals.any(axis=1)
+        return np.where(hit, self.index[rows, best], -1)
+
+
+def modes() -> list[tuple[str, float]]:
+    return [("cosine", 0.0), ("vetoes", 0.0)] + [("verifier", p) for p in MIN_PROBABILITIES]
 
 
 def main() -> None:
@@ -166,6 +239,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.no_wait:
         wait_for_artifacts(args.artifacts)
+    started = time.perf_counter()
 
     qqp = read_jsonl(args.data / "paraphrase" / "qqp_pairs_dev.jsonl")
     faq = read_jsonl(args.data / "paraphrase" / "stackfaq_dev.jsonl")
@@ -181,73 +255,89 @@ def main() -> None:
     def vec(items: list[str]) -> np.ndarray:
         return vectors[[index[t] for t in items]]
 
-    # QQP pairwise
-    pair_sims = np.einsum("ij,ij->i", vec([r["text_a"] for r in qqp]), vec([r["text_b"] for r in qqp]))
-    labels = np.array([r["label"] for r in qqp])
-    # QQP as a cache: all distinct text_a stored, text_b looked up
-    a_texts = list(dict.fromkeys(r["text_a"] for r in qqp))
-    a_sims = vec([r["text_b"] for r in qqp]) @ vec(a_texts).T
-    a_values = [t.encode() for t in a_texts]
-    # StackFAQ: canonical questions + distractors
-    entries = canon + distractors
-    entry_values = [f"faq{i}".encode() for i in range(len(canon))] + [
-        f"d{i}".encode() for i in range(len(distractors))
+    # QQP pairs: cosine, vetoes, features; held-out probabilities by 5-fold cross-validation.
+    pairs = [(r["text_a"], r["text_b"]) for r in qqp]
+    labels = np.array([r["label"] for r in qqp], dtype=float)
+    cos = np.einsum("ij,ij->i", vec([a for a, _ in pairs]), vec([b for _, b in pairs]))
+    veto = vetoed(pairs)
+    feats = feature_matrix(pairs, cos.tolist())
+    folds = stratified_folds(labels, FOLDS)
+    trainable = ~veto & (cos >= FIT_MIN_COSINE)
+    fold_models = [
+        fit_logistic(feats[trainable & (folds != f)], labels[trainable & (folds != f)]) for f in range(FOLDS)
     ]
-    q_vecs = vec([q for q, _ in queries])
-    faq_sims = q_vecs @ vec(entries).T
+    held_out = np.zeros(len(pairs))
+    for f, model in enumerate(fold_models):
+        held_out[folds == f] = predict(model, feats[folds == f])
+    shipped = fit_logistic(feats[trainable], labels[trainable])
+    fit = {
+        "features": list(verify.FEATURES),
+        "train_pairs": int(trainable.sum()),
+        "train_duplicates": int(labels[trainable].sum()),
+        "fit_min_cosine": FIT_MIN_COSINE,
+        "l2": L2,
+        "coef": shipped.coef,
+        "intercept": shipped.intercept,
+        "mean": shipped.mean,
+        "scale": shipped.scale,
+        "code_matches_fit": bool(
+            np.allclose(verify.COEF, shipped.coef, atol=1e-4)
+            and abs(verify.INTERCEPT - shipped.intercept) < 1e-4
+        ),
+        "held_out_auc_candidates": auc(held_out[trainable], labels[trainable]),
+    }
+
+    # QQP as a cache: text_a stored, text_b looked up; each query scored by its own pair's fold model.
+    a_texts = list(dict.fromkeys(a for a, _ in pairs))
+    a_ids = np.arange(len(a_texts))
+    a_index = {t: i for i, t in enumerate(a_texts)}
+    own_a = np.array([a_index[a] for a, _ in pairs])
+    qqp_cache = Candidates(
+        vec([b for _, b in pairs]) @ vec(a_texts).T, [b for _, b in pairs], a_texts, a_ids, fold_models, folds
+    )
+    # StackFAQ: canonical questions + distractors, and the same without each query's own FAQ.
+    entries = canon + distractors
+    entry_ids = np.arange(len(entries))
+    entry_ids[: len(canon)] = np.arange(len(canon))  # value id = FAQ number for canonical entries
     truth = np.array([i for _, i in queries])
-    absent_sims = faq_sims.copy()
-    absent_sims[np.arange(len(queries)), truth] = -np.inf  # each query's own FAQ not cached
-
-    lexical_memo: dict[tuple[str, str], bool] = {}
-
-    def lexical(a: str, b: str) -> bool:
-        if (a, b) not in lexical_memo:
-            lexical_memo[a, b] = lexical_agrees(a, b)
-        return lexical_memo[a, b]
-
-    pair_lexical = np.array([lexical(r["text_a"], r["text_b"]) for r in qqp])
     query_texts = [q for q, _ in queries]
-    qqp_b = [r["text_b"] for r in qqp]
-
-    def checked(picks: list[int | None], queries_: list[str], entries_: list[str]) -> list[int | None]:
-        return [
-            p if p is None or lexical(q, entries_[p]) else None for p, q in zip(picks, queries_, strict=True)
-        ]
+    faq_sims = vec(query_texts) @ vec(entries).T
+    no_fold = np.zeros(len(queries), dtype=int)
+    faq_cands = Candidates(faq_sims, query_texts, entries, entry_ids, [shipped], no_fold)
+    absent_sims = faq_sims.copy()
+    absent_sims[np.arange(len(queries)), truth] = -np.inf
+    absent_cands = Candidates(absent_sims, query_texts, entries, entry_ids, [shipped], no_fold)
 
     grid: list[dict[str, Any]] = []
-    for verify in ("none", "lexical"):
+    for mode, p in modes():
+        pair_ok = np.ones(len(pairs), dtype=bool) if mode == "cosine" else ~veto
+        if mode == "verifier":
+            pair_ok &= held_out >= p
+        acc = {
+            name: c.accepted(mode, p) for name, c in (("q", qqp_cache), ("f", faq_cands), ("a", absent_cands))
+        }
         for margin in MARGINS:
             for t in THRESHOLDS:
-                hits = pair_sims >= t
-                if verify == "lexical":
-                    hits &= pair_lexical
+                hits = (cos >= t) & pair_ok
                 n_hits, n_dup = int(hits.sum()), int((hits & (labels == 1)).sum())
-                faq_pick = decisions(faq_sims, entry_values, t, margin)
-                absent_pick = decisions(absent_sims, entry_values, t, margin)
-                cache_pick = decisions(a_sims, a_values, t, margin)
-                if verify == "lexical":
-                    faq_pick = checked(faq_pick, query_texts, entries)
-                    absent_pick = checked(absent_pick, query_texts, entries)
-                    cache_pick = checked(cache_pick, qqp_b, a_texts)
-                faq_hits = sum(p is not None for p in faq_pick)
-                faq_right = sum(p is not None and p == q for p, q in zip(faq_pick, truth, strict=True))
-                absent_hits = sum(p is not None for p in absent_pick)
-                cache_hits = sum(p is not None for p in cache_pick)
-                cache_right = sum(
-                    p is not None and a_texts[p] == r["text_a"] and r["label"] == 1
-                    for p, r in zip(cache_pick, qqp, strict=True)
-                )
+                cache_pick = qqp_cache.served(acc["q"], t, margin)
+                cache_right = int(((cache_pick == own_a) & (labels == 1)).sum())
+                cache_hits = int((cache_pick >= 0).sum())
+                faq_pick = faq_cands.served(acc["f"], t, margin)
+                faq_hits = int((faq_pick >= 0).sum())
+                faq_right = int((faq_pick == truth).sum())
+                absent_hits = int((absent_cands.served(acc["a"], t, margin) >= 0).sum())
                 grid.append(
                     {
+                        "verify": mode,
+                        "min_probability": p if mode == "verifier" else None,
                         "threshold": t,
                         "margin": margin,
-                        "verify": verify,
-                        "qqp_hit_rate": ratio(n_hits, len(qqp)),
+                        "qqp_hit_rate": ratio(n_hits, len(pairs)),
                         "qqp_precision": ratio(n_dup, n_hits),
                         "qqp_precision_low95": rounded(wilson_low(n_dup, n_hits)),
                         "qqp_dup_recall": ratio(n_dup, int(labels.sum())),
-                        "qqp_cache_hit_rate": ratio(cache_hits, len(qqp)),
+                        "qqp_cache_hit_rate": ratio(cache_hits, len(pairs)),
                         "qqp_cache_precision": ratio(cache_right, cache_hits),
                         "faq_hit_rate": ratio(faq_hits, len(queries)),
                         "faq_precision": ratio(faq_right, faq_hits),
@@ -256,7 +346,7 @@ def main() -> None:
                         "faq_mixed_precision": ratio(faq_right, faq_hits + absent_hits),
                     }
                 )
-    meta = {
+    meta: dict[str, Any] = {
         "model_id": model_id,
         "quantization": args.quantization,
         "faq_entries": len(entries),
@@ -264,60 +354,67 @@ def main() -> None:
         "faq_distractors": len(distractors),
         "faq_queries": len(queries),
         "qqp_pairs": len(qqp),
+        "qqp_vetoed": {"pairs": int(veto.sum()), "duplicates": int(labels[veto].sum())},
+        "fit": fit,
     }
-    meta["notes"] = findings(grid)
-    chosen = write_results(args.out, grid, meta)
+    chosen, _ = pick(grid)
     if chosen is not None:
-        meta["library_check"] = asyncio.run(library_agrees(chosen, entries, entry_values, vec, queries))
-        write_results(args.out, grid, meta)
-    print(json.dumps({"chosen": chosen, **meta}), flush=True)
-
-
-def findings(grid: list[dict[str, Any]]) -> list[str]:
-    """What the grid says, in sentences computed from it (so they stay true when the model changes)."""
-    notes = ["## Findings", ""]
-    for verify in ("none", "lexical"):
-        rows = [r for r in grid if r["verify"] == verify and r["qqp_precision"] is not None]
-        top = max(rows, key=lambda r: r["qqp_precision"])
-        faq_ok = [r for r in rows if r["faq_hit_rate"] >= TARGETS["faq_hit_rate"]]
-        best_qqp_usable = max((r["qqp_precision"] for r in faq_ok), default=None)
-        notes.append(
-            f"- verify={verify}: the highest QQP precision anywhere is {top['qqp_precision']} "
-            f"(t={top['threshold']}, QQP hit rate {top['qqp_hit_rate']}, StackFAQ hit rate "
-            f"{top['faq_hit_rate']}); wherever StackFAQ hit rate >= {TARGETS['faq_hit_rate']}, QQP "
-            f"precision is at most {best_qqp_usable}."
+        meta["library_check"] = asyncio.run(library_agrees(chosen, shipped, entries, entry_ids, vec, queries))
+        ok = (cos >= chosen["threshold"]) & (
+            np.ones(len(pairs), dtype=bool) if chosen["verify"] == "cosine" else ~veto
         )
-    notes += [
-        "- QQP's high-similarity non-duplicates are partly label noise (\"How do I overcome my inferiority "
-        'complex ?" vs the same without the space; "What is the song playing in this video?" vs "What '
-        'song is playing in this video?") and partly one-detail differences (train 19708 vs 19707, '
-        '"Apple better than Samsung" vs the reverse). No cosine threshold separates those from the '
-        "reworded StackFAQ rephrasings, which sit at 0.7-0.9.",
-        "- The margin rule (best entry must beat the best entry with another value) lowers StackFAQ's "
-        "false hits, mostly in the absent case, at a small cost in hits; it cannot change pairwise QQP.",
-        "- StackFAQ 50/50 precision: right hits / (hits with the FAQ cached + false hits with it absent), "
-        "i.e. precision when half the lookups have their answer in the cache.",
-    ]
-    return notes
+        if chosen["verify"] == "verifier":
+            ok &= held_out >= chosen["min_probability"]
+        meta["chosen_qqp_precision_by_fold"] = [
+            ratio(int((ok & (folds == f) & (labels == 1)).sum()), int((ok & (folds == f)).sum()))
+            for f in range(FOLDS)
+        ]
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    write_results(args.out, grid, meta)
+    print(json.dumps({"chosen": chosen, **meta}, indent=1), flush=True)
+    print("\n# paste into xz_serve/cache/verify.py if code_matches_fit is false:")
+    for name in ("coef", "intercept", "mean", "scale"):
+        print(f"{name.upper()} = {fit[name]!r}")
+
+
+def rounded(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (rank form): chance a duplicate outscores a non-duplicate."""
+    ranks = np.argsort(np.argsort(scores)) + 1.0
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return round(float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)), 4)
 
 
 async def library_agrees(
     chosen: dict[str, Any],
+    shipped: PairVerifier,
     entries: list[str],
-    values: list[bytes],
-    vec: Callable[[list[str]], np.ndarray],
+    entry_ids: np.ndarray,
+    vec: Any,
     queries: list[tuple[str, int]],
 ) -> dict[str, Any]:
-    """Replay the chosen rule through a real (local-only) SemanticCache: same hits as the sweep?"""
+    """Replay the chosen cell through a real (local-only) SemanticCache: same StackFAQ hits?"""
+    verifier = None
+    if chosen["verify"] != "cosine":
+        p = chosen["min_probability"] if chosen["verify"] == "verifier" else 0.0
+        verifier = PairVerifier(p, shipped.coef, shipped.intercept, shipped.mean, shipped.scale)
     cache = SemanticCache(
-        RedisGuard(None), threshold=chosen["threshold"], margin=chosen["margin"], max_entries=len(entries)
+        RedisGuard(None),
+        threshold=chosen["threshold"],
+        margin=chosen["margin"],
+        max_entries=len(entries),
+        verifier=verifier,
     )
-    for text, value in zip(entries, values, strict=True):
-        await cache.store("bench", vec([text])[0], value, key=text)
-    hits = await cache.lookup_many("bench", vec([q for q, _ in queries]))
-    right = sum(
-        h is not None and h.value == f"faq{i}".encode() for h, (_, i) in zip(hits, queries, strict=True)
-    )
+    vectors = vec(entries)
+    for n, (text, value) in enumerate(zip(entries, entry_ids, strict=True)):
+        await cache.store("bench", vectors[n], str(int(value)).encode(), key=str(n), text=text)
+    texts = [q for q, _ in queries]
+    hits = await cache.lookup_many("bench", vec(texts), texts=texts)
+    right = sum(h is not None and h.value == str(i).encode() for h, (_, i) in zip(hits, queries, strict=True))
     n_hits = sum(h is not None for h in hits)
     return {
         "faq_hit_rate": ratio(n_hits, len(queries)),
@@ -333,34 +430,31 @@ def meets(row: dict[str, Any], targets: dict[str, float]) -> bool:
 
 
 def pick(grid: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
-    """The rule to ship, and whether it meets every target.
+    """The cell to ship, and whether it meets every target.
 
     If some cells meet every target: the most StackFAQ hits, then the fewest absent-FAQ false hits,
-    then the higher threshold. If none does (QQP's precision tops out near 0.91 even for near-identical
-    texts; its labels are noisy), keep the StackFAQ targets, which are the cache's reason to exist,
-    and among those cells take the highest QQP precision, then the fewest absent false hits: the
-    safest setting that still serves half of the rephrasings.
+    then the higher QQP precision. Otherwise keep the StackFAQ targets (the cache's reason to exist)
+    and take the highest held-out QQP precision among those cells, then the fewest absent false hits.
     """
-    grid = [r for r in grid if r["verify"] == "none"]  # the rules SemanticCache implements
     full = [r for r in grid if meets(r, TARGETS)]
     if full:
-        best = max(full, key=lambda r: (r["faq_hit_rate"], -r["faq_absent_false_hit_rate"], r["threshold"]))
+        best = max(
+            full, key=lambda r: (r["faq_hit_rate"], -r["faq_absent_false_hit_rate"], r["qqp_precision"])
+        )
         return best, True
     faq_targets = {k: v for k, v in TARGETS.items() if k.startswith("faq")}
     usable = [r for r in grid if meets(r, faq_targets)]
     if not usable:
         return None, False
-    best = max(
-        usable, key=lambda r: (r["qqp_precision"], -r["faq_absent_false_hit_rate"], r["faq_precision"])
-    )
+    best = max(usable, key=lambda r: (r["qqp_precision"], -r["faq_absent_false_hit_rate"], r["faq_hit_rate"]))
     return best, False
 
 
 COLUMNS = [
-    ("threshold", "t"), ("margin", "margin"), ("qqp_hit_rate", "QQP hit rate"),
-    ("qqp_precision", "QQP precision"), ("qqp_cache_precision", "QQP-as-cache precision"),
+    ("verify", "verifier"), ("min_probability", "min p"), ("threshold", "t"), ("margin", "margin"),
+    ("qqp_hit_rate", "QQP hit rate"), ("qqp_precision", "QQP precision (held out)"),
+    ("qqp_precision_low95", "QQP precision, 95% low"), ("qqp_cache_precision", "QQP-as-cache precision"),
     ("faq_hit_rate", "StackFAQ hit rate"), ("faq_precision", "StackFAQ precision"),
-    ("faq_precision_low95", "StackFAQ precision, 95% low"),
     ("faq_absent_false_hit_rate", "StackFAQ absent: false-hit rate"),
     ("faq_mixed_precision", "StackFAQ 50/50 precision"),
 ]  # fmt: skip
@@ -374,46 +468,117 @@ def table(rows: list[dict[str, Any]], chosen: dict[str, Any] | None) -> list[str
     return lines
 
 
-def write_results(out: Path, grid: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any] | None:
-    """JSON with every cell, and Markdown tables around the chosen rule."""
+def findings(grid: list[dict[str, Any]]) -> list[str]:
+    """What the grid says, in sentences computed from it (so they stay true when the model changes)."""
+    notes = ["## Findings", ""]
+    for mode in ("cosine", "vetoes", "verifier"):
+        rows = [r for r in grid if r["verify"] == mode and r["qqp_precision"] is not None]
+        faq_ok = [r for r in rows if meets(r, {k: v for k, v in TARGETS.items() if k.startswith("faq")})]
+        best = max(faq_ok, key=lambda r: r["qqp_precision"], default=None)
+        reach = [r for r in rows if r["qqp_precision"] >= TARGETS["qqp_precision"]]
+        most = max(reach, key=lambda r: r["qqp_hit_rate"], default=None)
+        line = f"- {mode}: "
+        if best:
+            line += (
+                f"where StackFAQ meets its targets, QQP precision is at most {best['qqp_precision']} "
+                f"(t={best['threshold']}, min p={best['min_probability']}, margin {best['margin']}, "
+                f"QQP hit rate {best['qqp_hit_rate']}); "
+            )
+        if most:
+            line += (
+                f"QQP precision >= {TARGETS['qqp_precision']} is reached at QQP hit rate up to "
+                f"{most['qqp_hit_rate']} (t={most['threshold']}, min p={most['min_probability']}, "
+                f"StackFAQ hit rate {most['faq_hit_rate']} at precision {most['faq_precision']})."
+            )
+        else:
+            top = max(rows, key=lambda r: r["qqp_precision"])
+            line += f"QQP precision never reaches {TARGETS['qqp_precision']} (best {top['qqp_precision']})."
+        notes.append(line)
+    return notes
+
+
+def write_results(out: Path, grid: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """JSON with every cell, and Markdown tables around the chosen cell."""
     chosen, met_all = pick(grid)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "targets": TARGETS, "chosen": chosen, "meets_all_targets": met_all, "grid": grid}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    margin = chosen["margin"] if chosen else 0.0
+    fit = meta["fit"]
     lines = [
-        "# Semantic cache threshold",
+        "# Semantic cache: threshold and verifier",
         "",
         f"Model `{meta['model_id']}`. StackFAQ: {meta['faq_entries']} cache entries "
         f"({meta['faq_canonical']} canonical questions + {meta['faq_distractors']} distractors: every QQP "
         f"question and CLINC150 val utterance), {meta['faq_queries']} rephrasings looked up. QQP: "
-        f"{meta['qqp_pairs']} pairs. Made by `bench/semantic_threshold.py` (definitions in its docstring).",
+        f"{meta['qqp_pairs']} pairs; every QQP precision below is **held out** "
+        f"({FOLDS}-fold cross-validation of the verifier's regression). Made by "
+        f"`bench/semantic_threshold.py` in {meta['seconds']} s (definitions in its docstring).",
         "",
         f"Targets: StackFAQ hit rate >= {TARGETS['faq_hit_rate']} at precision >= "
         f"{TARGETS['faq_precision']}; QQP precision >= {TARGETS['qqp_precision']}.",
         "",
     ]
     if chosen:
-        verdict = "meets every target" if met_all else "meets the StackFAQ targets only; no cell meets QQP's"
+        verdict = (
+            "meets every target" if met_all else "meets the StackFAQ targets only; no such cell meets QQP's"
+        )
         lines += [
-            f"**Chosen: threshold {chosen['threshold']}, margin {chosen['margin']}** ({verdict}): StackFAQ "
-            f"hit rate {chosen['faq_hit_rate']} at precision {chosen['faq_precision']}, absent-FAQ false-hit "
-            f"rate {chosen['faq_absent_false_hit_rate']}; QQP precision {chosen['qqp_precision']}.",
+            f"**Chosen: threshold {chosen['threshold']}, margin {chosen['margin']}, verifier "
+            f"{chosen['verify']} (min p {chosen['min_probability']})** ({verdict}): StackFAQ hit rate "
+            f"{chosen['faq_hit_rate']} at precision {chosen['faq_precision']}, absent-FAQ false-hit rate "
+            f"{chosen['faq_absent_false_hit_rate']}; QQP precision {chosen['qqp_precision']} at QQP hit rate "
+            f"{chosen['qqp_hit_rate']} (per fold: {meta.get('chosen_qqp_precision_by_fold')}). "
+            f"Replayed through SemanticCache: {meta.get('library_check')}.",
             "",
         ]
-    else:
-        lines += ["**No cell meets the StackFAQ targets on this model.**", ""]
-    plain = [r for r in grid if r["verify"] == "none"]
-    lines += [f"## Thresholds at margin {margin}", ""]
-    lines += table([r for r in plain if r["margin"] == margin], chosen)
+    m, p = (chosen["margin"], chosen["min_probability"]) if chosen else (0.1, 0.5)
+    shown = [0.6, 0.65, 0.7, 0.72, 0.75, 0.78, 0.8, 0.85, 0.9, 0.95]
+    lines += [f"## Threshold x verifier, margin {m}", ""]
+    rows = [
+        r for r in grid
+        if r["margin"] == m and r["threshold"] in shown
+        and (r["verify"] in ("cosine", "vetoes") or r["min_probability"] == p)
+    ]  # fmt: skip
+    rank = {"cosine": 0, "vetoes": 1, "verifier": 2}
+    lines += table(sorted(rows, key=lambda r: (r["threshold"], rank[r["verify"]])), chosen)
     if chosen:
-        lines += ["", f"## Margins at threshold {chosen['threshold']}", ""]
-        lines += table([r for r in plain if r["threshold"] == chosen["threshold"]], chosen)
-    lines += ["", f"## With the lexical check too (numbers, negation, word order), margin {margin}", ""]
-    lines += table([r for r in grid if r["verify"] == "lexical" and r["margin"] == margin], chosen)
-    lines += ["", *meta.get("notes", [])]
+        lines += ["", f"## Verifier cut-off at threshold {chosen['threshold']}, margin {m}", ""]
+        lines += table(
+            [r for r in grid if r["threshold"] == chosen["threshold"] and r["margin"] == m], chosen
+        )
+        lines += ["", "## Margins at the chosen cell", ""]
+        lines += table(
+            [
+                r
+                for r in grid
+                if r["threshold"] == chosen["threshold"]
+                and r["verify"] == chosen["verify"]
+                and r["min_probability"] == chosen["min_probability"]
+            ],
+            chosen,
+        )
+    coef_rows = [
+        f"| {n} | {c} | {mu} | {s} |"
+        for n, c, mu, s in zip(fit["features"], fit["coef"], fit["mean"], fit["scale"], strict=True)
+    ]
+    lines += [
+        "",
+        "## The verifier's fit",
+        "",
+        f"Vetoes (numbers, opposites, negation, word order; verify.veto) refuse "
+        f"{meta['qqp_vetoed']['pairs']} QQP pairs, {meta['qqp_vetoed']['duplicates']} of them labelled "
+        f"duplicate. The regression is fitted on the {fit['train_pairs']} remaining pairs with cosine >= "
+        f"{fit['fit_min_cosine']} ({fit['train_duplicates']} duplicates), ridge {fit['l2']} on standardised "
+        f"features; held-out AUC on those pairs {fit['held_out_auc_candidates']}. Coefficients in "
+        f"xz_serve/cache/verify.py match this fit: {fit['code_matches_fit']}. Intercept {fit['intercept']}.",
+        "",
+        "| feature | coefficient (standardised) | mean | scale |",
+        "|---|---|---|---|",
+        *coef_rows,
+        "",
+        *findings(grid),
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return chosen
 
 
 if __name__ == "__main__":

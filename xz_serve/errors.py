@@ -16,6 +16,10 @@ class XzError(Exception):
             self.code = code
         self.retry_after_s = retry_after_s
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep code and retry_after_s when the error crosses a Ray actor boundary (pickled).
+        return (type(self), (self.message,), dict(self.__dict__))
+
 
 class InvalidInputError(XzError):
     """The request is malformed or breaks a limit: the client must change it."""
@@ -38,6 +42,13 @@ class OverloadedError(XzError):
     code = "overloaded"
 
 
+class DeadlineExceededError(XzError):
+    """The request's deadline passed before its answer was ready; it was dropped, not computed."""
+
+    status = 504
+    code = "deadline_exceeded"
+
+
 class ModelFailureError(XzError):
     """The model could not compute this input; batch-mates are unaffected."""
 
@@ -50,3 +61,31 @@ class NotReadyError(XzError):
 
     status = 503
     code = "not_ready"
+
+
+class UnauthorizedError(XzError):
+    """No API key, or one that is unknown, revoked or expired."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
+class ForbiddenError(XzError):
+    """A valid key without the scope this route needs."""
+
+    status = 403
+    code = "insufficient_scope"
+
+
+class RateLimitedError(XzError):
+    """A per-key limit is used up for now: retry after ``retry_after_s``."""
+
+    status = 429
+    code = "rate_limited"
+
+
+class NotFoundError(XzError):
+    """The named resource (e.g. an API key id) does not exist."""
+
+    status = 404
+    code = "not_found"

@@ -13,9 +13,11 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
+from xz_serve.access.deadline import remaining_s
 from xz_serve.api.client import merge
 from xz_serve.api.routes import create_api
 from xz_serve.batching.replica import NluReplica
+from xz_serve.errors import DeadlineExceededError
 from xz_serve.settings import XzSettings
 from xz_serve.types import CallMeta, PredictResult
 
@@ -29,9 +31,15 @@ class LocalNluClient:
 
     async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult:
         chunks = [texts[i : i + self.chunk] for i in range(0, len(texts), self.chunk)]
-        if len(chunks) == 1:
-            return await self.replica.predict(chunks[0], meta)
-        return merge(list(await asyncio.gather(*(self.replica.predict(c, meta) for c in chunks))))
+        try:
+            # No answer after the deadline: the replica drops the calls still queued at it.
+            async with asyncio.timeout(remaining_s(meta.deadline if meta is not None else None)):
+                if len(chunks) == 1:
+                    return await self.replica.predict(chunks[0], meta)
+                parts = await asyncio.gather(*(self.replica.predict(c, meta) for c in chunks))
+        except TimeoutError:
+            raise DeadlineExceededError("the model did not answer before the deadline") from None
+        return merge(list(parts))
 
     async def describe(self) -> dict[str, Any]:
         return self.replica.describe()

@@ -81,6 +81,17 @@ class BatchSpec(_Spec):
         description="Longest a partial batch waits for company, and only while the model is busy "
         "with the previous pass: a call that finds the model idle runs at once.",
     )
+    queue_batches: float = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Admission bound per model replica, in full batches: a call is refused at once "
+        "(503 + Retry-After) while more than `queue_batches * max_batch_size` texts are pending, so "
+        "an overload queues at most that many passes (about 2 s of work at batch 32 on 2 cores) "
+        "instead of piling up until deadlines pass. Large enough by default to absorb a burst of "
+        "hundreds of requests; lower it (2 = one batch running, one forming) to trade burst "
+        "tolerance for a tight latency bound under sustained overload.",
+    )
 
 
 class ApiSpec(_Spec):
@@ -97,7 +108,16 @@ class ApiSpec(_Spec):
         description="Below this top-intent confidence a text is flagged out of scope even when the "
         "head picked an in-scope intent: an assistant should say it does not know.",
     )
-    request_timeout_s: float = Field(10.0, gt=0, description="Longest a request may wait for models.")
+    request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Default deadline of a request: past it, the request is answered 504 and, if "
+        "still queued, dropped before inference. Clients may ask for less or more with the "
+        "`x-request-timeout-ms` header.",
+    )
+    max_request_timeout_s: float = Field(
+        60.0, gt=0, description="Cap on `x-request-timeout-ms`: no client may hold a slot longer."
+    )
 
 
 class DeploymentSpec(_Spec):
@@ -146,6 +166,8 @@ class DeploymentSpec(_Spec):
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            # Serve's own rejections (past max_queued_requests) tell clients when to come back.
+            "backpressure_config": {"status_code": 503, "retry_after_s": 1},
         }
         if self.min_replicas == self.max_replicas:
             options["num_replicas"] = self.min_replicas

@@ -11,6 +11,7 @@ import numpy as np
 from tests.cache.conftest import RedisServer
 from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.semantic import SemanticCache
+from xz_serve.cache.verify import PairVerifier
 
 
 def semantic(guard: RedisGuard, **kw: object) -> SemanticCache:
@@ -67,3 +68,21 @@ async def test_redis_down_keeps_local_entries(
     hit = await a.lookup("ns", -np.ones(8, np.float32))
     assert hit is not None and hit.value == b"local only"
     assert a.stats.redis_errors >= 1
+
+
+async def test_text_travels_with_the_entry_so_other_replicas_verify(
+    make_guard: Callable[..., RedisGuard],
+) -> None:
+    a = semantic(make_guard(), verifier=PairVerifier(0.5))
+    b = semantic(make_guard(), verifier=PairVerifier(0.5))
+    vector = np.random.default_rng(2).normal(size=384).astype(np.float32)
+    await a.store("ns", vector, b"diet plan", key="k", text="How to lose weight in 2016?")
+    client = a.guard.client
+    assert client is not None
+    [(_, fields)] = await client.xrange(SemanticCache.stream_key("ns"))
+    assert fields[b"t"] == b"How to lose weight in 2016?"
+    await b.warm("ns")
+    assert await b.lookup("ns", vector, text="How to lose weight in 2017?") is None  # year changed
+    hit = await b.lookup("ns", vector + 0.01, text="How to lose weight in 2016?")
+    assert hit is not None and hit.value == b"diet plan" and hit.text == "How to lose weight in 2016?"
+    assert hit.key == "k"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, Protocol
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from xz_serve.errors import ModelFailureError, NotReadyError, OverloadedError, XzError
+from xz_serve.access.deadline import remaining_s
+from xz_serve.errors import DeadlineExceededError, ModelFailureError, NotReadyError, OverloadedError, XzError
+from xz_serve.telemetry.propagation import client_span
 from xz_serve.types import BatchStats, CallMeta, PredictResult
 
 
@@ -44,14 +47,27 @@ class ServeNluClient:
         self.timeout_s = timeout_s
 
     async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult:
+        # A client span around the actor hop; its carrier travels with the calls to the replica.
+        parent = meta.carrier if meta else None
+        with client_span("xz.ingress.predict", parent, **{"xz.texts": len(texts)}) as carrier:
+            return await self._predict(texts, replace(meta or CallMeta(), carrier=carrier))
+
+    async def _predict(self, texts: list[str], meta: CallMeta) -> PredictResult:
+        deadline = meta.deadline if meta is not None else None
+        timeout_s = remaining_s(deadline) or self.timeout_s  # raises once the deadline passed
         chunks = [texts[i : i + self.chunk] for i in range(0, len(texts), self.chunk)]
         calls = [self.handle.predict.remote(chunk, meta) for chunk in chunks]
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 parts = await asyncio.gather(*calls)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # Past the deadline, or the client went away: free the calls' replica slots too.
             for call in calls:
                 call.cancel()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if deadline is not None:
+                raise DeadlineExceededError("the models did not answer before the deadline") from None
             raise OverloadedError("the models did not answer in time", retry_after_s=1) from None
         except BaseException as exc:
             raise translate(exc) from exc

@@ -8,6 +8,7 @@ stage may add response headers to it. One object per request, kept on ``request.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -29,6 +30,14 @@ class RequestContext:
     cache_write: bool = True  # False for `Cache-Control: no-store`
     carrier: dict[str, str] = field(default_factory=dict)  # W3C trace context to propagate
     response_headers: dict[str, str] = field(default_factory=dict)  # added by any stage
+    # Set by the access layer: charges texts to the key's texts-per-minute limit (raises 429/413).
+    text_meter: Callable[[int], Awaitable[None]] | None = None
+
+    async def charge_texts(self, count: int) -> None:
+        """Count ``count`` texts against the caller's limit; call once the count is known, before
+        any model work. A no-op when auth is off."""
+        if self.text_meter is not None:
+            await self.text_meter(count)
 
     def call_meta(self) -> CallMeta:
         """What crosses the actor boundary to a model replica with each call."""

@@ -25,6 +25,7 @@ STATUS_CODES = {
     415: "unsupported_media_type",
     429: "rate_limited",
     503: "unavailable",
+    504: "deadline_exceeded",
 }
 
 

@@ -7,15 +7,21 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 
 from xz_serve import __version__
+from xz_serve.access.auth import install_access
+from xz_serve.access.deadline import DeadlineMiddleware
 from xz_serve.api import schemas
+from xz_serve.api.cache_control import apply_cache_control
+from xz_serve.api.cached_client import predictor
+from xz_serve.api.chat import chat_router
 from xz_serve.api.client import NluClient
 from xz_serve.api.context import Ctx, RequestContext
 from xz_serve.api.errors import BodyLimitMiddleware, install_error_handlers
 from xz_serve.api.validation import request_texts
+from xz_serve.dialog.service import build_dialog
 from xz_serve.errors import InvalidInputError, XzError
 from xz_serve.settings import XzSettings
 from xz_serve.types import PredictResult, TextPrediction
@@ -27,6 +33,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "Too many texts, a text too long, or a body too large"),
         (424, "The model failed on this input"),
         (503, "Overloaded or not ready; see Retry-After"),
+        (504, "The deadline (default or `x-request-timeout-ms`) passed before an answer"),
     ]
 }
 
@@ -72,6 +79,11 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
+    app.router.dependencies.append(Depends(apply_cache_control))  # before the routes: they inherit it
+    nlu = predictor(client, settings)  # exact cache + coalescing unless settings.cache.enabled is off
+    app.router.on_shutdown.append(nlu.close)
+    install_access(app, settings)  # API keys, scopes, per-key limits on /v1/*; admin key routes
+    app.add_middleware(DeadlineMiddleware, api=api)  # outermost: the deadline counts from arrival
 
     def out_of_scope(pred: TextPrediction) -> bool:
         return pred.out_of_scope or pred.intents[0][1] < api.oos_threshold
@@ -79,7 +91,8 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     async def run(request: schemas.TextsRequest, ctx: RequestContext) -> tuple[PredictResult, int, float]:
         started = time.perf_counter()
         texts = request_texts(request.text, request.texts, api)
-        return await client.predict(texts, ctx.call_meta()), request.top_k or api.top_k, started
+        await ctx.charge_texts(len(texts))  # the key's texts-per-minute limit (429)
+        return await nlu.predict_for(texts, ctx), request.top_k or api.top_k, started
 
     @app.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
     async def analyze(request: schemas.TextsRequest, ctx: Ctx) -> Response:
@@ -126,7 +139,8 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
             texts = request_texts(request.input, None, api)
         else:
             texts = request_texts(None, request.input, api)
-        result = await client.predict(texts, ctx.call_meta())
+        await ctx.charge_texts(len(texts))
+        result = await nlu.predict_for(texts, ctx)
         dim = int(result.predictions[0].embedding.shape[0])
         if request.dimensions is not None and request.dimensions != dim:
             raise InvalidInputError(f"dimensions must be {dim} for this model", code="unsupported_dimensions")
@@ -175,5 +189,10 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
             body = {"status": "not_ready", "detail": exc.message}
             return JSONResponse(body, 503, headers={"Retry-After": "2"})
         return JSONResponse({"status": "ready", "detail": info["model_id"]})
+
+    if settings.dialog.enabled:  # /v1/chat, /v1/sessions: same cached NLU client, one encoder pass
+        dialog = build_dialog(nlu.predict_for, settings)
+        app.include_router(chat_router(dialog))
+        app.router.on_shutdown.append(dialog.close)
 
     return app

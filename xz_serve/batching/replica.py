@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from ray import serve
 
-from xz_serve.errors import ModelFailureError
+from xz_serve.errors import DeadlineExceededError, ModelFailureError, OverloadedError
 from xz_serve.models.base import NluModel
 from xz_serve.models.postprocess import label_outputs
 from xz_serve.settings import BatchSpec, ModelSpec
+from xz_serve.telemetry import configure_telemetry
+from xz_serve.telemetry.batch import BatchTrace, CallTrace
 from xz_serve.types import BatchStats, CallMeta, PredictResult, TextPrediction
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ class NluReplica:
         top_k: int = 3,
         model_factory: Callable[[], NluModel] | None = None,
     ) -> None:
+        configure_telemetry(component="nlu")  # no-op when the process already has it (fused)
         if model_factory is None:
             from xz_serve.models.loading import load_model
 
@@ -57,6 +62,8 @@ class NluReplica:
         self._wait_s = batch.batch_wait_timeout_s
         self._busy_until = 0.0  # when the pass now running is expected to end
         self._pass_s = 0.01  # moving average of one pass, for that estimate
+        self._pending_texts = 0  # texts admitted and not yet answered (or cancelled)
+        self._max_pending_texts = batch.max_batch_size
         self.reconfigure(batch.model_dump())
         log.info("replica ready: %s", self.model.model_id)
 
@@ -64,6 +71,7 @@ class NluReplica:
         """Apply batch knobs from ``user_config`` without restarting the replica."""
         spec = BatchSpec(**user_config)
         self._wait_s = spec.batch_wait_timeout_s
+        self._max_pending_texts = math.ceil(spec.queue_batches * spec.max_batch_size)
         self._batched.set_max_batch_size(spec.max_batch_size)
         self._batched.set_batch_wait_timeout_s(spec.batch_wait_timeout_s)
 
@@ -72,7 +80,27 @@ class NluReplica:
 
         Raises:
             ModelFailureError: the model failed on these texts.
+            OverloadedError: more than ``queue_batches`` full batches of texts are pending (503).
+            DeadlineExceededError: the caller's deadline passed before the pass (504).
         """
+        # The call's request span; its carrier replaces the caller's so the batch can link to it.
+        with CallTrace(meta.carrier if meta else None, len(texts)) as call:
+            traced = replace(meta or CallMeta(), carrier=call.carrier)
+            return call.answered(await self._predict(texts, traced))
+
+    async def _predict(self, texts: list[str], meta: CallMeta) -> PredictResult:
+        # Admission: refuse at once rather than queue behind an overload (a lone call always fits).
+        if self._pending_texts and self._pending_texts + len(texts) > self._max_pending_texts:
+            raise OverloadedError(
+                f"the model queue is full ({self._pending_texts} texts pending)", retry_after_s=1
+            )
+        self._pending_texts += len(texts)
+        try:  # `finally` frees the slot on an answer, an error and a cancelled (disconnected) call
+            return await self._admitted(texts, meta)
+        finally:
+            self._pending_texts -= len(texts)
+
+    async def _admitted(self, texts: list[str], meta: CallMeta | None) -> PredictResult:
         # Serve forms the next batch while the current pass runs and reads the wait when a batch
         # opens. So wait exactly as long as the model stays busy (capped): an idle model runs a
         # lone call at once, a busy one gathers the calls that arrive meanwhile into one pass.
@@ -102,6 +130,21 @@ class NluReplica:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004, batch_size_fn=count_texts)
     async def _batched(self, calls: list[Call]) -> list[PredictResult | Exception]:
+        # Calls whose deadline passed while queued get a 504 without taking model time.
+        now = time.time()
+        late = [bool(meta and meta.deadline is not None and meta.deadline <= now) for _, _, meta in calls]
+        live = iter(await self._run([c for c, is_late in zip(calls, late, strict=True) if not is_late]))
+        gone = "the deadline passed while queued; dropped before inference"
+        return [DeadlineExceededError(gone) if is_late else next(live) for is_late in late]
+
+    async def _run(self, calls: list[Call]) -> list[PredictResult | Exception]:
+        if not calls:
+            return []
+        carriers = [meta.carrier if meta else None for _, _, meta in calls]
+        with BatchTrace(carriers, count_texts(calls), self.model.model_id):
+            return await self._pass(calls)
+
+    async def _pass(self, calls: list[Call]) -> list[PredictResult | Exception]:
         started = time.perf_counter()
         unique = list(dict.fromkeys(t for texts, _, _ in calls for t in texts))
         try:

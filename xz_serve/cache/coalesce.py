@@ -9,12 +9,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from redis.asyncio import Redis
 
 from xz_serve.cache.exact import ExactCache
 from xz_serve.cache.spec import CacheSpec
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("xz_serve.cache")
 
 ComputeMany = Callable[[list[str]], Awaitable[Sequence[bytes]]]
 
@@ -227,7 +229,11 @@ class Coalescer:
             await pipe.execute()
             return True
 
-        if await self.guard.call(write, False, "publish"):
+        with _tracer.start_as_current_span("xz.cache.store") as span:
+            span.set_attribute("xz.cache.keys", len(values))
+            written = await self.guard.call(write, False, "publish")
+            span.set_attribute("xz.cache.written", written)
+        if written:
             self.stats.redis_writes += len(values)
 
     async def _release_leases(self, keys: list[str], token: str) -> None:

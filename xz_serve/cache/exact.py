@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
+from opentelemetry import trace
 from redis.asyncio import Redis
 
 from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.lru import LruTtlCache
 from xz_serve.cache.spec import CacheSpec
+
+Layer = Literal["l1", "redis"]
+_tracer = trace.get_tracer("xz_serve.cache")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One read: a value (or None) per key, the layer that answered it, and how Redis fared.
+
+    ``redis_ok`` is None when Redis was not needed (all L1 hits) or not configured, False when it
+    failed, timed out or was skipped in a backoff window, True when it answered.
+    """
+
+    values: list[bytes | None]
+    layers: list[Layer | None]
+    redis_ok: bool | None
 
 
 class ExactCache:
@@ -46,24 +65,31 @@ class ExactCache:
             l1_ttl_s=spec.l1_ttl_s,
         )
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Values in the order of ``keys`` (None = miss): L1 first, then one MGET for the rest.
+    async def lookup(self, keys: Sequence[str]) -> Lookup:
+        """Values in the order of ``keys`` with the layer that answered each: L1 first, then one MGET.
 
         Redis hits are copied into L1. A Redis failure, timeout or backoff makes the remaining keys
-        misses; this method does not raise for cache trouble.
+        misses (``redis_ok`` False); this method does not raise for cache trouble.
         """
         found: dict[str, bytes | None] = {}
+        layer: dict[str, Layer] = {}
         for key in keys:
             if key not in found:
                 found[key] = self.l1.get(key)
+                if found[key] is not None:
+                    layer[key] = "l1"
         missing = [key for key, value in found.items() if value is None]
-        if missing:
+        redis_ok: bool | None = None
+        if missing and self.guard.client is not None:
 
             async def mget(client: Redis) -> list[bytes | None] | None:
                 values = await client.mget(missing)
                 return values  # type: ignore[return-value]  # bytes: decode_responses is off
 
-            values = await self.guard.call(mget, None, "mget")  # None: failed, counted by the guard
+            with _tracer.start_as_current_span("xz.cache.redis.mget") as span:
+                span.set_attribute("xz.cache.keys", len(missing))
+                values = await self.guard.call(mget, None, "mget")  # None: failed, counted by the guard
+            redis_ok = values is not None
             if values is not None:
                 for key, value in zip(missing, values, strict=True):
                     if value is None:
@@ -72,7 +98,12 @@ class ExactCache:
                         self.stats.redis_hits += 1
                         self.l1.put(key, value)
                         found[key] = value
-        return [found[key] for key in keys]
+                        layer[key] = "redis"
+        return Lookup([found[key] for key in keys], [layer.get(key) for key in keys], redis_ok)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values in the order of ``keys`` (None = miss); same layers and failure rules as ``lookup``."""
+        return (await self.lookup(keys)).values
 
     async def get(self, key: str) -> bytes | None:
         """One value, or None; same layers and failure rules as ``get_many``."""
@@ -100,7 +131,10 @@ class ExactCache:
             await pipe.execute()
             return True
 
-        written = await self.guard.call(write, False, "set pipeline")
+        with _tracer.start_as_current_span("xz.cache.store") as span:
+            span.set_attribute("xz.cache.keys", len(pairs))
+            written = await self.guard.call(write, False, "set pipeline")
+            span.set_attribute("xz.cache.written", written)
         if written:
             self.stats.redis_writes += len(pairs)
         return written

@@ -1,4 +1,4 @@
-"""SemanticCache: a stored value for a near-duplicate text (cosine over embeddings), shared via Redis."""
+"""SemanticCache: a stored value for a near-duplicate text (cosine, then a verifier), shared via Redis."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.spec import CacheSpec
 from xz_serve.cache.stats import CacheStats
+from xz_serve.cache.verify import PairVerifier
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,12 @@ _CANDIDATES = 8  # neighbours inspected for the margin rule; beyond 8 equal valu
 
 
 class SemanticHit(NamedTuple):
-    """The value served for a query and how similar its stored embedding was (cosine)."""
+    """The value served for a query, how similar its stored embedding was (cosine), and what matched."""
 
     value: bytes
     similarity: float
+    text: str | None = None  # the stored entry's text (None if it was stored without one)
+    key: str | None = None  # the stored entry's key
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -37,16 +40,27 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def choose(
-    sims: np.ndarray, values: Sequence[bytes], threshold: float, margin: float
+    sims: np.ndarray,
+    values: Sequence[bytes],
+    threshold: float,
+    margin: float,
+    accept: Callable[[int], bool] | None = None,
 ) -> tuple[int, float] | None:
     """The index served for one query's similarities, or None; the whole decision rule in one place.
 
     The best entry must reach ``threshold`` and, when ``margin`` > 0, beat the best entry holding a
     *different* value by ``margin``: a query that sits between two cached questions with different
     answers is a miss, while two copies of the same answer never veto each other.
+
+    With ``accept`` (the verifier, asked lazily about entry indices in falling similarity), only
+    accepted entries count: the best accepted entry at or above ``threshold`` is served, and only
+    an accepted entry with another value can veto it by the margin rule. An entry the verifier
+    refuses ("... in 2016" for a query about 2017) neither serves nor vetoes.
     """
     if sims.size == 0:
         return None
+    if accept is not None:
+        return _choose_verified(sims, values, threshold, margin, accept)
     best = int(np.argmax(sims))
     score = float(sims[best])
     if score < threshold:
@@ -62,6 +76,27 @@ def choose(
     return best, score
 
 
+def _choose_verified(
+    sims: np.ndarray, values: Sequence[bytes], threshold: float, margin: float, accept: Callable[[int], bool]
+) -> tuple[int, float] | None:
+    k = min(_CANDIDATES, sims.size)
+    top = np.argpartition(-sims, k - 1)[:k]
+    best, score = -1, 0.0
+    for i in (int(j) for j in top[np.argsort(-sims[top])]):
+        sim = float(sims[i])
+        if best < 0:
+            if sim < threshold:
+                return None
+            if accept(i):
+                best, score = i, sim
+            continue
+        if score - sim >= margin:
+            break
+        if values[i] != values[best] and accept(i):
+            return None
+    return (best, score) if best >= 0 else None
+
+
 class _Partition:
     """One namespace's entries on this replica: a ring of at most ``capacity`` rows, oldest replaced."""
 
@@ -70,6 +105,7 @@ class _Partition:
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.expires = np.zeros(0, dtype=np.float64)
         self.values: list[bytes] = []
+        self.texts: list[str | None] = []
         self.keys: list[str] = []
         self.slots: dict[str, int] = {}
         self.size = 0
@@ -78,7 +114,9 @@ class _Partition:
         self.next_refresh = 0.0
         self.refreshing = False
 
-    def add(self, key: str, vector: np.ndarray, value: bytes, expires: float) -> bool:
+    def add(
+        self, key: str, vector: np.ndarray, value: bytes, expires: float, text: str | None = None
+    ) -> bool:
         """Insert or replace ``key``; returns True when an older entry was evicted for room."""
         if self.matrix.shape[1] != vector.shape[0]:
             if self.size:
@@ -92,6 +130,7 @@ class _Partition:
                 slot = self.size
                 self._grow(slot + 1)
                 self.values.append(value)
+                self.texts.append(text)
                 self.keys.append(key)
                 self.size += 1
             else:
@@ -103,6 +142,7 @@ class _Partition:
         self.matrix[slot] = vector
         self.expires[slot] = expires
         self.values[slot] = value
+        self.texts[slot] = text
         self.keys[slot] = key
         return evicted
 
@@ -119,7 +159,7 @@ class _Partition:
 
 
 class SemanticCache:
-    """Nearest stored entry above a cosine threshold, per namespace, visible to every replica.
+    """Nearest stored entry above a cosine threshold that the verifier accepts, per namespace, everywhere.
 
     Redis 7 has no vector search, so Redis only stores and ships entries: each namespace is one
     stream (``XADD ... MAXLEN = max_entries``, so the oldest go first and memory is bounded). Every
@@ -127,6 +167,10 @@ class SemanticCache:
     ``refresh_ms`` when it is queried, which makes another replica's write visible in about that
     long. A search is one matrix-vector product (10k x 384 is well under a millisecond).
     Redis failures leave the local copy serving and stores local-only; nothing raises.
+
+    With a ``verifier``, a candidate is served only if the query's text and the entry's text are
+    both known and the verifier accepts the pair (bench/semantic_threshold.py measures why);
+    entries stored without text are then never served. Without one, cosine alone decides.
     """
 
     def __init__(
@@ -140,6 +184,7 @@ class SemanticCache:
         refresh_ms: float = 250.0,
         page: int = 500,
         clock: Callable[[], float] = time.time,
+        verifier: PairVerifier | None = None,
     ) -> None:
         self.guard = guard
         self.stats: CacheStats = guard.stats
@@ -150,6 +195,7 @@ class SemanticCache:
         self.refresh_s = refresh_ms / 1000
         self.page = page
         self._clock = clock
+        self.verifier = verifier
         self._partitions: dict[str, _Partition] = {}
 
     @classmethod
@@ -162,6 +208,7 @@ class SemanticCache:
             max_entries=spec.semantic_max_entries,
             ttl_s=spec.semantic_ttl_s,
             refresh_ms=spec.semantic_refresh_ms,
+            verifier=PairVerifier(spec.semantic_verify_min_probability) if spec.semantic_verify else None,
         )
 
     @staticmethod
@@ -175,13 +222,25 @@ class SemanticCache:
             part = self._partitions[namespace] = _Partition(self.max_entries)
         return part
 
-    async def lookup(self, namespace: str, embedding: np.ndarray) -> SemanticHit | None:
-        """The value of the nearest live entry if it passes the threshold (and margin), else None."""
-        return (await self.lookup_many(namespace, embedding))[0]
+    async def lookup(
+        self, namespace: str, embedding: np.ndarray, *, text: str | None = None
+    ) -> SemanticHit | None:
+        """The nearest live entry passing the threshold, margin and verifier, else None.
 
-    async def lookup_many(self, namespace: str, embeddings: np.ndarray) -> list[SemanticHit | None]:
+        Args:
+            namespace: as given to ``store``.
+            embedding: the query's embedding ([dim]), the one the encoder already computed.
+            text: the query's text; with a verifier configured, no text means no hit.
+        """
+        return (await self.lookup_many(namespace, embedding, texts=None if text is None else [text]))[0]
+
+    async def lookup_many(
+        self, namespace: str, embeddings: np.ndarray, *, texts: Sequence[str | None] | None = None
+    ) -> list[SemanticHit | None]:
         """``lookup`` for each row of ``embeddings`` ([n, dim] or [dim]) with one matrix product."""
         queries = unit_rows(embeddings)
+        if texts is not None and len(texts) != len(queries):
+            raise ValueError(f"{len(texts)} texts for {len(queries)} embeddings")
         part = self._partition(namespace)
         await self.refresh(namespace)
         if part.size == 0:
@@ -192,17 +251,33 @@ class SemanticCache:
         sims = queries @ part.matrix[: part.size].T
         sims[:, part.expires[: part.size] <= self._clock()] = -np.inf
         hits: list[SemanticHit | None] = []
-        for row in sims:
-            picked = choose(row, part.values, self.threshold, self.margin)
+        for n, row in enumerate(sims):
+            query_text = texts[n] if texts is not None else None
+            accept = None if self.verifier is None else self._acceptor(part, query_text, row)
+            picked = choose(row, part.values, self.threshold, self.margin, accept)
             if picked is None:
                 self.stats.semantic_misses += 1
-                if self.margin > 0 and row.max() >= self.threshold:
+                if (self.margin > 0 or accept is not None) and row.max() >= self.threshold:
                     self.stats.semantic_rejected += 1
                 hits.append(None)
             else:
+                i = picked[0]
                 self.stats.semantic_hits += 1
-                hits.append(SemanticHit(part.values[picked[0]], picked[1]))
+                hits.append(SemanticHit(part.values[i], picked[1], part.texts[i], part.keys[i]))
         return hits
+
+    def _acceptor(self, part: _Partition, query: str | None, sims: np.ndarray) -> Callable[[int], bool]:
+        """The verifier as ``choose`` asks it: entry index -> may this entry answer ``query``?"""
+        verifier = self.verifier
+        assert verifier is not None
+
+        def accept(i: int) -> bool:
+            entry = part.texts[i]
+            if query is None or entry is None:  # unverifiable: a wrong answer costs more than a miss
+                return False
+            return verifier.accepts(query, entry, float(sims[i]))
+
+        return accept
 
     async def store(
         self,
@@ -211,6 +286,8 @@ class SemanticCache:
         value: bytes,
         ttl_s: int | None = None,
         key: str | None = None,
+        *,
+        text: str | None = None,
     ) -> None:
         """Add an entry here at once and, via one XADD, for every replica; never raises for Redis.
 
@@ -221,18 +298,22 @@ class SemanticCache:
             ttl_s: lifetime, at most the cache's ``ttl_s``.
             key: identity of the entry (e.g. the exact ``cache_key``); a second store with the same
                 key replaces the first instead of occupying a second row. Default: hash of value+vector.
+            text: the question's text, stored with the entry in Redis so that every replica can run
+                the verifier on it; without it, the entry is served only when no verifier is set.
         """
         vector = unit_rows(embedding)[0]
         ttl = min(ttl_s or self.ttl_s, self.ttl_s)
         expires = self._clock() + ttl
         if key is None:
             key = hashlib.sha256(value + vector.tobytes()).hexdigest()
-        if self._partition(namespace).add(key, vector, value, expires):
+        if self._partition(namespace).add(key, vector, value, expires, text):
             self.stats.semantic_evictions += 1
         stream = self.stream_key(namespace)
         fields: dict[str | bytes, bytes | str | float] = {
             "k": key, "e": vector.tobytes(), "v": value, "x": repr(expires)
         }  # fmt: skip
+        if text is not None:
+            fields["t"] = text.encode()
         cap, min_id = self.max_entries, int((self._clock() - self.ttl_s) * 1000)
 
         async def xadd(client: Redis) -> bool:
@@ -284,9 +365,10 @@ class SemanticCache:
                 vector = np.frombuffer(fields[b"e"], dtype=np.float32)
                 if expires <= now:
                     continue
-                if part.add(fields[b"k"].decode(), vector, fields[b"v"], expires):
+                text = fields[b"t"].decode() if b"t" in fields else None
+                if part.add(fields[b"k"].decode(), vector, fields[b"v"], expires, text):
                     self.stats.semantic_evictions += 1
-            except (KeyError, ValueError) as exc:  # a foreign or corrupt entry is skipped, not fatal
+            except (KeyError, ValueError) as exc:  # foreign or corrupt (bad UTF-8 too): skipped, not fatal
                 log.debug("skipping semantic entry %r: %s", entry_id, exc)
 
     async def warm(self, namespace: str) -> int:

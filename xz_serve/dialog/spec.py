@@ -2,10 +2,94 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from xz_serve.upstream.spec import PriceSpec, UpstreamSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class DialogSpec(BaseModel):
     """How /v1/chat keeps sessions and chooses replies."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Off: /v1/chat and /v1/sessions are not mounted.")
+    policy_path: Path = Field(
+        Path("deployments/dialog/policy.yaml"),
+        validate_default=True,
+        description="YAML policy (reply per intent), validated at start: a bad file stops the replica "
+        "from starting rather than answering wrongly. A relative path is relative to the project root "
+        "(where deployments/ is), whatever the working directory of the process reading it.",
+    )
+    session_ttl_s: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="A session untouched this long is deleted by Redis (privacy: no conversation is kept "
+        "forever); every turn renews it.",
+    )
+    max_turns: int = Field(
+        40, ge=2, le=1000, description="Turns (user + assistant) kept per session; older ones are dropped."
+    )
+    history_turns: int = Field(
+        6,
+        ge=0,
+        le=100,
+        description="Latest turns sent to the LLM as context for intents that need context; cacheable "
+        "intents are context-free by definition and get none.",
+    )
+    escalate_after_negative: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Hand the conversation to a human once this many user turns in a row are negative.",
+    )
+    max_message_chars: int = Field(2000, ge=1, le=100_000, description="Characters per user message.")
+    max_reply_tokens: int = Field(
+        400, ge=1, le=32_000, description="`max_tokens` sent upstream: bounds cost and latency per reply."
+    )
+    upstreams: list[UpstreamSpec] = Field(
+        default_factory=list,
+        description="OpenAI-compatible endpoints. Empty: intents whose rule asks the LLM get the policy's "
+        "honest fallback reply (never an error).",
+    )
+    fallback_order: list[str] = Field(
+        default_factory=list,
+        description="Upstream names tried, in order, after the weighted first pick fails; upstreams not "
+        "named follow in list order.",
+    )
+    prices: dict[str, PriceSpec] = Field(
+        default_factory=dict, description="Price per upstream model name; a model not listed costs 0."
+    )
+    reply_cache: bool = Field(
+        True,
+        description="Serve LLM replies of intents the policy marks cacheable from the semantic cache "
+        "(threshold and margin from `cache`), partitioned by intent, tenant and NLU model.",
+    )
+    reply_cache_ttl_s: int = Field(
+        86_400, ge=1, description="Lifetime of a cached reply (at most the semantic cache's TTL)."
+    )
+    store_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="Longest a session read or write may take; slower answers 503 (a session is "
+        "user data: it is never silently dropped the way a cache entry may be).",
+    )
+
+    @field_validator("policy_path")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+    @model_validator(mode="after")
+    def _upstreams_consistent(self) -> DialogSpec:
+        names = [u.name for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ValueError(f"upstream names must be unique, got {names}")
+        unknown = [n for n in self.fallback_order if n not in names]
+        if unknown:
+            raise ValueError(f"fallback_order names unknown upstreams: {unknown}")
+        return self

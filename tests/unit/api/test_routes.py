@@ -15,7 +15,7 @@ from xz_serve.api.routes import create_api
 from xz_serve.settings import ApiSpec, XzSettings
 
 API = ApiSpec(max_texts=4, max_text_chars=50, max_body_bytes=2048)
-SETTINGS = XzSettings(api=API)
+SETTINGS = XzSettings(api=API, access={"auth_enabled": False})  # auth: tests/unit/access
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""SemanticCache without Redis: threshold, margin rule, namespaces, TTL and oldest-first eviction."""
+"""SemanticCache without Redis: threshold, margin rule, verifier, namespaces, TTL and eviction."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import pytest
 
 from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.semantic import SemanticCache, choose, unit_rows
+from xz_serve.cache.spec import CacheSpec
+from xz_serve.cache.verify import PairVerifier
 
 
 class Clock:
@@ -88,3 +90,65 @@ def test_choose_edge_cases() -> None:
     assert choose(np.zeros(0, np.float32), [], 0.5, 0.1) is None
     picked = choose(np.array([0.95], np.float32), [b"a"], 0.9, 0.1)
     assert picked is not None and picked[0] == 0 and abs(picked[1] - 0.95) < 1e-6
+
+
+# --- with the pair verifier: text on both sides ---
+
+VERIFIER = PairVerifier(min_probability=0.5)
+
+
+def verified(**kw: object) -> SemanticCache:
+    return cache(threshold=0.8, margin=0.1, verifier=VERIFIER, **kw)
+
+
+async def test_verifier_refuses_a_changed_year_even_at_cosine_one() -> None:
+    sem = verified()
+    await sem.store("ns", vec(1, 0, 0), b"2016 answer", key="k16", text="How to lose weight in 2016?")
+    assert await sem.lookup("ns", vec(1, 0, 0), text="How to lose weight in 2017?") is None
+    assert sem.stats.semantic_rejected == 1
+    hit = await sem.lookup("ns", vec(1, 0, 0), text="How to lose weight in 2016?")
+    assert hit is not None and hit.value == b"2016 answer"
+    assert hit.text == "How to lose weight in 2016?" and hit.key == "k16" and hit.similarity > 0.99
+
+
+async def test_refused_candidate_neither_serves_nor_vetoes() -> None:
+    sem = verified()
+    await sem.store("ns", vec(1, 0.05, 0), b"2016", text="How to lose weight in 2016?")
+    await sem.store("ns", vec(1, -0.05, 0), b"2017", text="How to lose weight in 2017?")
+    # Both are within the margin of each other: cosine alone would call it ambiguous.
+    assert await cache(threshold=0.8, margin=0.1).lookup("ns", vec(1, 0, 0)) is None
+    hit = await sem.lookup("ns", vec(1, 0, 0), text="How to lose weight in 2017?")
+    assert hit is not None and hit.value == b"2017"
+
+
+async def test_unverifiable_pairs_are_misses_only_with_a_verifier() -> None:
+    sem = verified()
+    await sem.store("ns", vec(1, 0, 0), b"no text")
+    await sem.store("ns", vec(0, 1, 0), b"with text", text="How do I reset my password?")
+    assert await sem.lookup("ns", vec(1, 0, 0), text="How do I reset my password?") is None
+    assert await sem.lookup("ns", vec(0, 1, 0)) is None  # query without text
+    plain = cache(threshold=0.8)
+    await plain.store("ns", vec(1, 0, 0), b"no text")
+    hit = await plain.lookup("ns", vec(1, 0, 0), text="anything")
+    assert hit is not None and hit.value == b"no text" and hit.text is None
+
+
+async def test_lookup_many_with_texts() -> None:
+    sem = verified()
+    await sem.store("ns", vec(1, 0, 0), b"a", text="How do I reset my password?")
+    await sem.store("ns", vec(0, 1, 0), b"b", text="Is it safe to eat raw eggs?")
+    hits = await sem.lookup_many(
+        "ns",
+        np.stack([vec(1, 0, 0), vec(0, 1, 0), vec(0, 1, 0)]),
+        texts=["How do I reset my password?", "Is it not safe to eat raw eggs?", None],
+    )
+    assert [h.value if h else None for h in hits] == [b"a", None, None]
+    with pytest.raises(ValueError):
+        await sem.lookup_many("ns", np.stack([vec(1, 0, 0)]), texts=["a", "b"])
+
+
+def test_from_spec_builds_the_verifier() -> None:
+    on = SemanticCache.from_spec(CacheSpec())
+    assert on.verifier is not None
+    assert on.verifier.min_probability == CacheSpec().semantic_verify_min_probability
+    assert SemanticCache.from_spec(CacheSpec(semantic_verify=False)).verifier is None

@@ -1,0 +1,144 @@
+"""The exact cache in the real app: two fused replicas sharing the session's real cache Redis.
+
+Which replica answers is HAProxy's choice, so the tests read it from ``x-replica`` and repeat until
+both have answered. Every count asserted here is one the app reports per response
+(``x-cache``, ``x-cache-computed``: texts this request sent to the model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import deployed, local_args
+from tests.redis_server import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DATA = Path(__file__).parents[2].parent / "shared" / "data"
+TEXTS = [json.loads(line)["text"] for line in (DATA / "intent_clinc150" / "val.jsonl").open()]
+_rng = random.Random(11)
+_POOL = _rng.sample(TEXTS, 300)
+
+
+def fresh_texts(n: int) -> list[str]:
+    """Texts no other test here used (the app's namespace is new, so none is cached yet)."""
+    return [_POOL.pop() for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def cache_url(serve_url: str, redis_cache: RedisServer) -> Iterator[str]:
+    args = local_args()
+    args["model"] = args["model"] | {"intra_op_threads": 1}
+    args["nlu"] = args["nlu"] | {"min_replicas": 2, "max_replicas": 2, "num_cpus": 0.5}
+    # A namespace of its own in the shared Redis: nothing another module cached is a hit here.
+    args["cache"] = {"tenant": f"it-{uuid.uuid4().hex[:8]}", "backoff_ms": 500}
+    with deployed(serve_url, "cache2", args) as url:
+        yield url
+
+
+def post(url: str, text: str, **headers: str) -> httpx.Response:
+    response = httpx.post(f"{url}/v1/analyze", json={"text": text}, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def burst(url: str, text: str, n: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        return list(
+            await asyncio.gather(*(client.post(f"{url}/v1/analyze", json={"text": text}) for _ in range(n)))
+        )
+
+
+def hit_on_another_replica(url: str, text: str, computed_on: str) -> httpx.Response:
+    """Ask for ``text`` in small bursts until a replica other than ``computed_on`` answers."""
+    for _ in range(20):
+        for response in asyncio.run(burst(url, text, 4)):
+            assert response.status_code == 200, response.text
+            if response.headers["x-replica"] != computed_on:
+                return response
+    raise AssertionError("only one replica ever answered")
+
+
+def test_a_result_computed_on_one_replica_is_a_hit_on_the_other(cache_url: str) -> None:
+    (text,) = fresh_texts(1)
+    first = post(cache_url, text)
+    assert first.headers["x-cache"] == "miss" and first.headers["x-cache-computed"] == "1"
+    other = hit_on_another_replica(cache_url, text, first.headers["x-replica"])
+    assert other.headers["x-cache"] == "hit" and other.headers["x-cache-computed"] == "0"
+    assert other.json()["results"] == first.json()["results"]  # the very same values
+    assert other.headers["x-model"] == first.headers["x-model"]
+
+
+def test_fifty_concurrent_identical_requests_compute_once(cache_url: str) -> None:
+    (text,) = fresh_texts(1)
+    responses = asyncio.run(burst(cache_url, text, 50))
+    assert [r.status_code for r in responses] == [200] * 50
+    computed = sum(int(r.headers["x-cache-computed"]) for r in responses)
+    labels = [r.headers["x-cache"] for r in responses]
+    assert computed == 1, labels
+    assert set(labels) <= {"miss", "coalesced", "hit"} and labels.count("miss") == 1
+    bodies = [r.json()["results"] for r in responses]
+    assert all(body == bodies[0] for body in bodies)
+    # Correct, not just consistent: an uncached answer for the same text agrees.
+    fresh = post(cache_url, text, **{"Cache-Control": "no-cache, no-store"})
+    assert fresh.headers["x-cache"] == "bypass" and fresh.headers["x-cache-computed"] == "1"
+    cached, uncached = bodies[0][0], fresh.json()["results"][0]
+    assert cached["intent"]["label"] == uncached["intent"]["label"]
+    assert abs(cached["intent"]["confidence"] - uncached["intent"]["confidence"]) < 1e-3
+    assert cached["sentiment"]["label"] == uncached["sentiment"]["label"]
+
+
+def test_redis_killed_under_load_no_errors_then_the_cache_resumes(
+    cache_url: str, redis_cache: RedisServer
+) -> None:
+    repeated = fresh_texts(5)
+    for text in repeated:
+        post(cache_url, text)
+    new_texts = iter(fresh_texts(150))
+    rows: list[tuple[float, int, str]] = []  # (seconds since start, status, x-cache)
+    start = time.monotonic()
+
+    async def load() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def worker(w: int) -> None:
+                i = w
+                while time.monotonic() - start < 6.0:
+                    text = repeated[i % 5] if i % 2 else next(new_texts, repeated[0])
+                    try:
+                        r = await client.post(f"{cache_url}/v1/analyze", json={"text": text})
+                        rows.append((time.monotonic() - start, r.status_code, r.headers.get("x-cache", "")))
+                    except httpx.HTTPError as exc:
+                        rows.append((time.monotonic() - start, 0, type(exc).__name__))
+                    i += 4
+                    await asyncio.sleep(0.02)
+
+            async def chaos() -> None:
+                await asyncio.sleep(1.5)
+                redis_cache.stop()  # SIGKILL, by pid
+                await asyncio.sleep(2.0)
+                redis_cache.start()  # same port, empty
+
+            await asyncio.gather(chaos(), *(worker(w) for w in range(4)))
+
+    asyncio.run(load())
+    statuses = [status for _, status, _ in rows]
+    assert statuses and all(status == 200 for status in statuses), [r for r in rows if r[1] != 200][:5]
+    during = [label for t, _, label in rows if 1.7 < t < 3.4]
+    assert "unavailable" in during, during
+    # After the restart (and the 0.5 s backoff) a value computed on one replica is again shared.
+    time.sleep(1.0)
+    (text,) = fresh_texts(1)
+    first = post(cache_url, text)
+    assert first.headers["x-cache"] == "miss"
+    other = hit_on_another_replica(cache_url, text, first.headers["x-replica"])
+    assert other.headers["x-cache"] == "hit"

@@ -1,0 +1,81 @@
+"""The policy file is validated at start: the shipped one loads, broken ones fail with a clear message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from xz_serve.dialog.policy import PolicyError, load_policy
+
+CLINC = {
+    json.loads(line)["label"]
+    for line in (ROOT.parent / "shared" / "data" / "intent_clinc150" / "train.jsonl").read_text().splitlines()
+    if line.strip()
+}
+BASE = """
+version: 1
+fallback: sorry
+escalation: a person will help
+out_of_scope: {action: llm, prompt: answer, cacheable: true}
+default: {action: llm, prompt: help}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_policy_is_valid_for_the_model_labels() -> None:
+    policy = load_policy(ROOT / "deployments" / "dialog" / "policy.yaml", CLINC)
+    assert policy.rule_for("greeting").action == "template"
+    assert policy.rule_for("report_lost_card").action == "handoff"
+    assert policy.rule_for("oos").cacheable
+    for intent in ("balance", "transactions", "time", "date", "weather"):
+        rule = policy.rule_for(intent)
+        assert not rule.cacheable and (rule.personal or rule.time_sensitive), intent
+    assert policy.rule_for("book_flight") == policy.default  # unlisted intents follow the default
+    assert set(policy.intents) <= CLINC
+
+
+def test_unknown_intent_is_a_start_up_error(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "intents:\n  balanse: {action: template, reply: x}\n")
+    with pytest.raises(PolicyError, match="balanse"):
+        load_policy(path, CLINC)
+
+
+def test_oos_must_use_out_of_scope(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "intents:\n  oos: {action: template, reply: x}\n")
+    with pytest.raises(PolicyError, match="out_of_scope"):
+        load_policy(path, CLINC)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("{action: llm, prompt: p, cacheable: true, personal: true}", "must not be cacheable"),
+        ("{action: llm, prompt: p, cacheable: true, time_sensitive: true}", "must not be cacheable"),
+        ("{action: template, reply: x, cacheable: true}", "only llm rules"),
+        ("{action: template}", "needs `reply`"),
+        ("{action: llm}", "needs `prompt`"),
+        ("{action: answer, reply: x}", "action"),
+        ("{action: template, reply: x, colour: red}", "colour"),
+    ],
+)
+def test_bad_rules_are_refused(tmp_path: Path, rule: str, message: str) -> None:
+    path = write(tmp_path, BASE + f"intents:\n  balance: {rule}\n")
+    with pytest.raises(PolicyError, match=message):
+        load_policy(path, CLINC)
+
+
+def test_missing_or_malformed_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "absent.yaml")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(write(tmp_path, "intents: [unclosed"))
+    with pytest.raises(PolicyError, match="fallback"):
+        load_policy(write(tmp_path, "version: 1\nescalation: x\n"))

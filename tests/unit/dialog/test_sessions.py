@@ -1,0 +1,108 @@
+"""Sessions in a real redis-server (AOF, as the durable store runs): bounded, TTL, restart, outage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.redis_server import RedisServer
+from xz_serve.dialog.sessions import (
+    MemorySessionStore,
+    RedisSessionStore,
+    Session,
+    StoreUnavailableError,
+    Turn,
+    session_key,
+)
+
+
+@pytest.fixture(scope="module")
+def store_server() -> Iterator[RedisServer]:
+    server = RedisServer(durable=True)
+    server.start()
+    yield server
+    server.close()
+
+
+def session_with(turns: int, max_turns: int = 100) -> Session:
+    session = Session.new("acme")
+    for i in range(turns):
+        session.add(
+            Turn(role="user" if i % 2 == 0 else "assistant", text=f"turn {i}", at=float(i)), max_turns
+        )
+    return session
+
+
+async def test_round_trip_ttl_and_tenant_isolation(store_server: RedisServer) -> None:
+    store = RedisSessionStore.from_url(store_server.url, ttl_s=600, timeout_s=1.0)
+    try:
+        session = session_with(3)
+        session.slots["handoff_reason"] = "intent"
+        session.record_sentiment("negative")
+        await store.save(session)
+        loaded = await store.get("acme", session.id)
+        assert loaded == session
+        assert await store.get("other-tenant", session.id) is None  # another tenant cannot read it
+        ttl = await store.client.ttl(session_key("acme", session.id))
+        assert 590 <= ttl <= 600
+        assert await store.delete("acme", session.id)
+        assert await store.get("acme", session.id) is None
+        assert not await store.delete("acme", session.id)
+    finally:
+        await store.close()
+
+
+async def test_turns_are_bounded() -> None:
+    session = session_with(25, max_turns=10)
+    assert len(session.turns) == 10
+    assert session.turns[0].text == "turn 15"  # the oldest went first
+
+
+def test_sentiment_trend_and_negative_streak() -> None:
+    session = Session.new("t")
+    for label in ["negative", "negative", "neutral", "negative", "negative"]:
+        session.record_sentiment(label)
+    assert session.negative_streak == 2
+    for _ in range(20):
+        session.record_sentiment("positive")
+    assert len(session.sentiment_trend) == 10 and session.negative_streak == 0
+
+
+async def test_sessions_survive_a_store_restart(store_server: RedisServer) -> None:
+    store = RedisSessionStore.from_url(store_server.url, ttl_s=600, timeout_s=1.0)
+    try:
+        session = session_with(4)
+        await store.save(session)
+        store_server.restart()  # SIGKILL, then start from the AOF
+        assert await store.get("acme", session.id) == session
+    finally:
+        await store.close()
+
+
+async def test_outage_is_a_clear_error_not_a_silent_loss(store_server: RedisServer) -> None:
+    store = RedisSessionStore(Redis.from_url(store_server.url, socket_timeout=0.2), ttl_s=600, timeout_s=0.2)
+    try:
+        session = session_with(1)
+        await store.save(session)
+        store_server.pause()
+        try:
+            with pytest.raises(StoreUnavailableError) as err:
+                await store.get("acme", session.id)
+            assert err.value.status == 503 and err.value.retry_after_s
+        finally:
+            store_server.resume()
+        assert await store.get("acme", session.id) == session
+    finally:
+        await store.close()
+
+
+async def test_memory_store_expires() -> None:
+    now = [1000.0]
+    store = MemorySessionStore(ttl_s=60, clock=lambda: now[0])
+    session = session_with(1)
+    await store.save(session)
+    assert await store.get("acme", session.id) == session
+    now[0] += 61
+    assert await store.get("acme", session.id) is None

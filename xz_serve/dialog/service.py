@@ -1,0 +1,357 @@
+"""DialogService: one chat turn = NLU prediction + session -> policy decision -> reply -> session saved.
+
+The message goes through the NLU replicas once (the same cached client as /v1/analyze); its
+embedding is reused for the semantic reply cache, so a turn costs at most one encoder pass.
+Decision order: a conversation already handed to a human stays there; a handoff intent, or the
+user's sentiment negative for ``escalate_after_negative`` turns in a row, escalates; a template
+rule replies from the policy; an llm rule is served from the reply cache when the rule is
+cacheable and a near-duplicate question of the same intent was answered, else asks the upstream.
+No upstream configured, every breaker open, or every retry failed: the rule's honest fallback
+reply (policy ``fallback``, flagged), never a 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from opentelemetry import trace
+
+from xz_serve.api.context import RequestContext
+from xz_serve.cache.keys import semantic_namespace
+from xz_serve.cache.semantic import SemanticCache
+from xz_serve.dialog.metrics import DialogMetrics
+from xz_serve.dialog.policy import OOS, Policy, Rule, load_policy
+from xz_serve.dialog.sessions import Session, SessionNotFoundError, SessionStore, Turn, open_store
+from xz_serve.dialog.spec import DialogSpec
+from xz_serve.errors import InvalidInputError, PayloadTooLargeError
+from xz_serve.settings import XzSettings
+from xz_serve.types import PredictResult
+from xz_serve.upstream.client import Completion, NoUpstreamError, ReplyStream, UpstreamPool
+
+log = logging.getLogger(__name__)
+
+
+def _inc(counter: Any, value: float, tags: dict[str, str]) -> None:
+    if value > 0:  # Ray counters refuse 0
+        counter.inc(value, tags=tags)
+
+
+tracer = trace.get_tracer("xz_serve.dialog")
+
+PolicyName = Literal["template", "cache", "llm", "escalate", "fallback"]
+Predict = Callable[[list[str], RequestContext], Awaitable[PredictResult]]
+
+
+@dataclass
+class Understanding:
+    """What the NLU made of the message (one encoder pass)."""
+
+    intent: str
+    confidence: float
+    out_of_scope: bool
+    sentiment: str
+    sentiment_scores: dict[str, float]
+    embedding: np.ndarray
+    model_id: str
+
+
+@dataclass
+class ChatTurn:
+    """One turn in progress: the decision, the reply (or a stream that will produce it), what it cost."""
+
+    session: Session
+    new_session: bool
+    message: str
+    nlu: Understanding
+    rule: Rule
+    policy: PolicyName
+    reply: str = ""
+    flags: list[str] = field(default_factory=list)
+    completion: Completion | None = None
+    stream: ReplyStream | None = None
+    cache_similarity: float | None = None
+    cacheable: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def meta(self) -> dict[str, Any]:
+        """Everything about the turn except the reply text (first SSE event, and part of the body)."""
+        return {
+            "session_id": self.session.id,
+            "new_session": self.new_session,
+            "intent": {
+                "label": self.nlu.intent,
+                "confidence": round(self.nlu.confidence, 6),
+                "out_of_scope": self.nlu.out_of_scope,
+            },
+            "sentiment": {
+                "label": self.nlu.sentiment,
+                "scores": {k: round(v, 6) for k, v in self.nlu.sentiment_scores.items()},
+            },
+            "policy": self.policy,
+            "escalated": self.session.escalated,
+            "flags": self.flags,
+        }
+
+    def body(self) -> dict[str, Any]:
+        """The JSON response of a finished turn."""
+        usage = None
+        if self.completion is not None:
+            u = self.completion.usage
+            usage = {
+                "upstream": self.completion.upstream,
+                "model": self.completion.model,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "estimated": u.estimated,
+                "cost_usd": round(self.completion.cost_usd, 8),
+            }
+        cache = None if self.cache_similarity is None else {"similarity": round(self.cache_similarity, 4)}
+        return {**self.meta(), "reply": self.reply, "usage": usage, "cache": cache}
+
+
+class DialogService:
+    """Chat turns and session access for /v1/chat and /v1/sessions."""
+
+    def __init__(
+        self,
+        predict: Predict,
+        spec: DialogSpec,
+        policy: Policy,
+        store: SessionStore,
+        upstreams: UpstreamPool,
+        reply_cache: SemanticCache | None = None,
+        *,
+        oos_threshold: float = 0.0,
+        metrics: DialogMetrics | None = None,
+    ) -> None:
+        self.predict = predict
+        self.spec = spec
+        self.policy = policy
+        self.store = store
+        self.upstreams = upstreams
+        self.reply_cache = reply_cache
+        self.min_confidence = max(oos_threshold, policy.min_confidence)
+        self.metrics = metrics or DialogMetrics()
+
+    # -- sessions -----------------------------------------------------------------------------------
+    async def get_session(self, tenant: str, session_id: str) -> Session:
+        session = await self.store.get(tenant, session_id)
+        if session is None:
+            raise SessionNotFoundError(f"no session {session_id!r} (it may have expired or been deleted)")
+        return session
+
+    async def delete_session(self, tenant: str, session_id: str) -> None:
+        if not await self.store.delete(tenant, session_id):
+            raise SessionNotFoundError(f"no session {session_id!r} (it may have expired or been deleted)")
+
+    # -- one turn -----------------------------------------------------------------------------------
+    def _understand(self, result: PredictResult) -> Understanding:
+        pred = result.predictions[0]
+        label, confidence = pred.intents[0]
+        oos = pred.out_of_scope or label == OOS or confidence < self.min_confidence
+        sentiment = max(pred.sentiment, key=pred.sentiment.__getitem__)
+        return Understanding(
+            OOS if oos else label,
+            float(confidence),
+            oos,
+            sentiment,
+            dict(pred.sentiment),
+            pred.embedding,
+            result.model_id,
+        )
+
+    def _namespace(self, nlu: Understanding, tenant: str) -> str:
+        return semantic_namespace(f"reply.{nlu.intent}", nlu.model_id, tenant)
+
+    def _messages(self, turn: ChatTurn) -> list[dict[str, str]]:
+        messages = [{"role": "system", "content": turn.rule.prompt or ""}]
+        if not turn.cacheable and self.spec.history_turns:  # context-free rules get no history
+            history = turn.session.turns[-self.spec.history_turns :]
+            messages += [{"role": t.role, "content": t.text} for t in history]
+        messages.append({"role": "user", "content": turn.message})
+        return messages
+
+    async def begin(
+        self, message: str, session_id: str | None, ctx: RequestContext, *, stream: bool = False
+    ) -> ChatTurn:
+        """Understand the message, load the session, decide; a non-stream llm turn is answered here."""
+        message = message.strip()
+        if not message:
+            raise InvalidInputError("message must not be empty", code="empty_message")
+        if len(message) > self.spec.max_message_chars:
+            raise PayloadTooLargeError(f"message exceeds {self.spec.max_message_chars} characters")
+        with tracer.start_as_current_span("xz.dialog.turn") as span:
+            if session_id is None:
+                session, new = Session.new(ctx.tenant), True
+            else:
+                session, new = await self.get_session(ctx.tenant, session_id), False
+            await ctx.charge_texts(1)
+            nlu = self._understand(await self.predict([message], ctx))
+            session.record_sentiment(nlu.sentiment)
+            rule = self.policy.rule_for(nlu.intent)
+            turn = ChatTurn(session, new, message, nlu, rule, "template")
+            await self._decide(turn, ctx, stream)
+            span.set_attribute("xz.dialog.policy", turn.policy)
+            span.set_attribute("xz.dialog.intent", nlu.intent)
+            return turn
+
+    async def _decide(self, turn: ChatTurn, ctx: RequestContext, stream: bool) -> None:
+        session, rule = turn.session, turn.rule
+        if session.escalated:
+            turn.policy, turn.reply = "escalate", self.policy.escalation
+            return
+        negative = session.negative_streak >= self.spec.escalate_after_negative
+        if rule.action == "handoff" or negative:
+            reason = "negative_sentiment" if negative and rule.action != "handoff" else "intent"
+            session.escalated = True
+            session.slots["handoff_reason"] = reason
+            turn.policy = "escalate"
+            turn.reply = rule.reply if rule.action == "handoff" and rule.reply else self.policy.escalation
+            self.metrics.escalations.inc(tags={"reason": reason})
+            return
+        if rule.action == "template":
+            turn.policy, turn.reply = "template", rule.reply or ""
+            return
+        turn.cacheable = rule.cacheable and self.reply_cache is not None and self.spec.reply_cache
+        if turn.cacheable and ctx.cache_read and await self._from_cache(turn, ctx):
+            return
+        if not self.upstreams:
+            self._fallback(turn, "no_upstream")
+            return
+        messages = self._messages(turn)
+        try:
+            if stream:
+                turn.stream = await self.upstreams.stream(messages, self.spec.max_reply_tokens)
+                turn.policy = "llm"
+            else:
+                turn.completion = await self.upstreams.complete(messages, self.spec.max_reply_tokens)
+                turn.policy, turn.reply = "llm", turn.completion.text
+        except NoUpstreamError as exc:
+            self._fallback(turn, "breaker_open" if exc.breaker_open else "upstream_failed")
+            self.metrics.llm_calls.inc(tags={"upstream": "all", "outcome": "failed"})
+        finally:
+            self.metrics.breakers(self.upstreams.breaker_states())
+
+    async def _from_cache(self, turn: ChatTurn, ctx: RequestContext) -> bool:
+        assert self.reply_cache is not None
+        namespace = self._namespace(turn.nlu, ctx.tenant)
+        hit = await self.reply_cache.lookup(namespace, turn.nlu.embedding, text=turn.message)
+        if hit is None:
+            return False
+        try:
+            cached = json.loads(hit.value)
+            turn.reply = str(cached["reply"])
+            saved = int(cached.get("tokens", 0))
+        except (ValueError, KeyError, TypeError):
+            return False  # a foreign or corrupt entry: ask the LLM instead
+        turn.policy, turn.cache_similarity = "cache", hit.similarity
+        turn.session.usage.cache_hits += 1
+        turn.session.usage.saved_tokens += saved
+        _inc(self.metrics.saved_tokens, saved, {"key": ctx.key_id or "anonymous"})
+        return True
+
+    def _fallback(self, turn: ChatTurn, why: str) -> None:
+        turn.policy = "fallback"
+        turn.reply = turn.rule.fallback or self.policy.fallback
+        turn.flags.append(why)
+
+    async def finish(self, turn: ChatTurn, ctx: RequestContext) -> None:
+        """Record the reply: usage counters, reply cache, both turns into the session (saved)."""
+        if turn.stream is not None and turn.stream.completion is not None:
+            turn.completion = turn.stream.completion
+        session, now = turn.session, time.time()
+        nlu = turn.nlu
+        session.add(
+            Turn(
+                role="user",
+                text=turn.message,
+                at=now,
+                intent=nlu.intent,
+                confidence=round(nlu.confidence, 6),
+                sentiment=nlu.sentiment,
+            ),
+            self.spec.max_turns,
+        )
+        session.add(Turn(role="assistant", text=turn.reply, at=now, policy=turn.policy), self.spec.max_turns)
+        session.last_intent = nlu.intent
+        if turn.completion is not None:
+            self._account(turn, ctx)
+            if turn.cacheable and ctx.cache_write and "stream_interrupted" not in turn.flags:
+                usage = turn.completion.usage
+                value = json.dumps({"reply": turn.reply, "question": turn.message, "tokens": usage.total})
+                await self.reply_cache.store(  # type: ignore[union-attr]
+                    self._namespace(nlu, ctx.tenant),
+                    nlu.embedding,
+                    value.encode(),
+                    ttl_s=self.spec.reply_cache_ttl_s,
+                    text=turn.message,
+                )
+        await self.store.save(session)
+        self.metrics.turns.inc(tags={"policy": turn.policy})
+        elapsed_ms = (time.perf_counter() - turn.started) * 1000
+        self.metrics.reply_latency.observe(elapsed_ms, tags={"policy": turn.policy})
+
+    def _account(self, turn: ChatTurn, ctx: RequestContext) -> None:
+        completion = turn.completion
+        assert completion is not None
+        usage, key = completion.usage, ctx.key_id or "anonymous"
+        spent = turn.session.usage
+        spent.llm_calls += 1
+        spent.prompt_tokens += usage.prompt_tokens
+        spent.completion_tokens += usage.completion_tokens
+        spent.cost_usd = round(spent.cost_usd + completion.cost_usd, 8)
+        up = completion.upstream
+        self.metrics.llm_calls.inc(tags={"upstream": up, "outcome": "ok"})
+        _inc(self.metrics.tokens, usage.prompt_tokens, {"upstream": up, "kind": "prompt", "key": key})
+        _inc(self.metrics.tokens, usage.completion_tokens, {"upstream": up, "kind": "completion", "key": key})
+        _inc(self.metrics.cost, completion.cost_usd, {"upstream": up, "key": key})
+        if usage.estimated:
+            turn.flags.append("usage_estimated")
+
+    async def chat(self, message: str, session_id: str | None, ctx: RequestContext) -> ChatTurn:
+        """A whole non-streamed turn."""
+        turn = await self.begin(message, session_id, ctx)
+        await self.finish(turn, ctx)
+        return turn
+
+    async def close(self) -> None:
+        await self.upstreams.close()
+        await self.store.close()
+
+
+def known_intents(settings: XzSettings) -> set[str] | None:
+    """The model's intent labels (artifacts' labels.json, else the training data's), to check the policy."""
+    labels = Path(settings.model.artifacts_dir) / "labels.json"
+    if labels.exists():
+        return set(json.loads(labels.read_text(encoding="utf-8"))["intents"])
+    train = Path(settings.model.data_dir) / "intent_clinc150" / "train.jsonl"
+    if train.exists():
+        with train.open(encoding="utf-8") as rows:
+            return {json.loads(line)["label"] for line in rows if line.strip()}
+    log.warning("no intent labels found: the policy's intent names are not checked")
+    return None
+
+
+def build_dialog(predict: Predict, settings: XzSettings) -> DialogService:
+    """The service from settings: policy validated now (PolicyError stops the start), session store on
+    the durable Redis, reply cache on the cache Redis (semantic, per intent), upstream pool."""
+    spec = settings.dialog
+    policy = load_policy(spec.policy_path, known_intents(settings))
+    store = open_store(settings.store.redis_url, spec.session_ttl_s, spec.store_timeout_s)
+    cache = SemanticCache.from_spec(settings.cache) if settings.cache.enabled and spec.reply_cache else None
+    pool = UpstreamPool.from_specs(spec.upstreams, spec.prices, spec.fallback_order)
+    log.info(
+        "dialog: %d policy intents, %d upstreams, reply cache %s, sessions in %s",
+        len(policy.intents),
+        len(spec.upstreams),
+        "on" if cache else "off",
+        "redis" if settings.store.redis_url else "process memory",
+    )
+    return DialogService(predict, spec, policy, store, pool, cache, oos_threshold=settings.api.oos_threshold)

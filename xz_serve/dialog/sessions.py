@@ -1,0 +1,182 @@
+"""Sessions: one conversation's turns, slots, last intent and sentiment trend, kept in the durable Redis.
+
+A session is user data, so it lives in the store Redis (AOF, noeviction; ``settings.store``), never
+in the cache Redis that evicts under memory pressure. Each session is one JSON value under
+``xz:v1:session:{tenant}:{id}`` with a TTL renewed on every turn, so an abandoned conversation
+disappears by itself; ``DELETE /v1/sessions/{id}`` removes it at once. Turns are bounded (oldest
+dropped). Unlike the cache, a store failure is an error (503), not a silent miss: dropping a
+conversation's history without telling anyone is worse than asking the client to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from xz_serve.errors import XzError
+
+T = TypeVar("T")
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+TREND = 10  # sentiment labels kept for the trend
+
+
+class StoreUnavailableError(XzError):
+    """The session store did not answer in time: retry shortly; nothing was changed or lost."""
+
+    status = 503
+    code = "store_unavailable"
+
+
+class SessionNotFoundError(XzError):
+    """No such session for this tenant (never existed, expired, or deleted)."""
+
+    status = 404
+    code = "session_not_found"
+
+
+class Turn(BaseModel):
+    """One message of the conversation, with what the NLU and the policy made of it."""
+
+    role: Literal["user", "assistant"]
+    text: str
+    at: float = Field(description="Epoch seconds.")
+    intent: str | None = None
+    confidence: float | None = None
+    sentiment: str | None = None
+    policy: str | None = None
+
+
+class SessionUsage(BaseModel):
+    """LLM spend of one session (per-session counters)."""
+
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cache_hits: int = 0
+    saved_tokens: int = 0
+
+
+class Session(BaseModel):
+    """A conversation's state."""
+
+    id: str
+    tenant: str = "default"
+    created_at: float
+    updated_at: float
+    turns: list[Turn] = Field(default_factory=list)
+    slots: dict[str, str] = Field(default_factory=dict)
+    last_intent: str | None = None
+    sentiment_trend: list[str] = Field(
+        default_factory=list, description="Latest user sentiments, oldest first."
+    )
+    negative_streak: int = 0
+    escalated: bool = False
+    usage: SessionUsage = Field(default_factory=SessionUsage)
+
+    @classmethod
+    def new(cls, tenant: str, now: float | None = None) -> Session:
+        now = time.time() if now is None else now
+        return cls(id=secrets.token_urlsafe(16), tenant=tenant, created_at=now, updated_at=now)
+
+    def add(self, turn: Turn, max_turns: int) -> None:
+        """Append a turn, keeping the newest ``max_turns``."""
+        self.turns.append(turn)
+        del self.turns[: max(0, len(self.turns) - max_turns)]
+        self.updated_at = turn.at
+
+    def record_sentiment(self, label: str) -> None:
+        """Update the trend and the run of negative user turns (what escalation looks at)."""
+        self.sentiment_trend = [*self.sentiment_trend, label][-TREND:]
+        self.negative_streak = self.negative_streak + 1 if label == "negative" else 0
+
+
+class SessionStore(Protocol):
+    async def get(self, tenant: str, session_id: str) -> Session | None: ...
+    async def save(self, session: Session) -> None: ...
+    async def delete(self, tenant: str, session_id: str) -> bool: ...
+    async def close(self) -> None: ...
+
+
+def session_key(tenant: str, session_id: str) -> str:
+    return f"xz:v1:session:{tenant}:{session_id}"
+
+
+class RedisSessionStore:
+    """Sessions as JSON values with a TTL in the durable Redis."""
+
+    def __init__(self, client: Redis, ttl_s: int, timeout_s: float) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_url(cls, url: str, ttl_s: int, timeout_s: float) -> RedisSessionStore:
+        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        return cls(client, ttl_s, timeout_s)
+
+    async def _call(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                try:
+                    return await op()
+                except RedisConnectionError:  # a pooled connection died with a restarted server: once more
+                    return await op()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailableError(f"the session store failed to {what}", retry_after_s=1) from exc
+
+    async def get(self, tenant: str, session_id: str) -> Session | None:
+        raw = await self._call(lambda: self.client.get(session_key(tenant, session_id)), "read")
+        return None if raw is None else Session.model_validate_json(raw)
+
+    async def save(self, session: Session) -> None:
+        key, value = session_key(session.tenant, session.id), session.model_dump_json()
+        await self._call(lambda: self.client.set(key, value, ex=self.ttl_s), "write")
+
+    async def delete(self, tenant: str, session_id: str) -> bool:
+        removed = await self._call(lambda: self.client.delete(session_key(tenant, session_id)), "delete")
+        return bool(removed)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class MemorySessionStore:
+    """Process-memory sessions (development only: lost on restart, not shared across replicas)."""
+
+    def __init__(self, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._data: dict[str, tuple[float, str]] = {}
+
+    async def get(self, tenant: str, session_id: str) -> Session | None:
+        item = self._data.get(session_key(tenant, session_id))
+        if item is None or item[0] <= self._clock():
+            return None
+        return Session.model_validate_json(item[1])
+
+    async def save(self, session: Session) -> None:
+        expires = self._clock() + self.ttl_s
+        self._data[session_key(session.tenant, session.id)] = (expires, session.model_dump_json())
+
+    async def delete(self, tenant: str, session_id: str) -> bool:
+        return self._data.pop(session_key(tenant, session_id), None) is not None
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+def open_store(redis_url: str | None, ttl_s: int, timeout_s: float) -> SessionStore:
+    """The durable store when a URL is configured, else process memory."""
+    if redis_url:
+        return RedisSessionStore.from_url(redis_url, ttl_s, timeout_s)
+    return MemorySessionStore(ttl_s)
