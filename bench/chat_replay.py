@@ -50,7 +50,7 @@ DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
 QUOTED = re.compile(r'^About "(.*?)": ', re.S)
 
-Message = tuple[str, int | None]  # text, StackFAQ id (None: other traffic)
+Message = tuple[str, str]  # text, what it asks: "faq:<id>" (StackFAQ entry) or "intent:<label>" (CLINC150)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -60,7 +60,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def build_streams(data: Path, seed: int, faq_messages: int, other_share: float) -> dict[str, list[Message]]:
     faq = read_jsonl(data / "paraphrase" / "stackfaq_dev.jsonl")
     wordings = [list(dict.fromkeys([f["question"], *f["rephrasings"]])) for f in faq]
-    clinc = [r["text"] for r in read_jsonl(data / "intent_clinc150" / "val.jsonl") if r["label"] != "oos"]
+    clinc = [
+        (r["text"], f"intent:{r['label']}")
+        for r in read_jsonl(data / "intent_clinc150" / "val.jsonl")
+        if r["label"] != "oos"
+    ]
     rng = random.Random(seed)
     order = list(range(len(faq)))
     rng.shuffle(order)  # which questions are popular: random, not file order
@@ -68,13 +72,13 @@ def build_streams(data: Path, seed: int, faq_messages: int, other_share: float) 
     replay: list[Message] = []
     for _ in range(faq_messages):
         i = order[rng.choices(range(len(faq)), weights=weights)[0]]
-        replay.append((rng.choice(wordings[i]), i))
-    distinct: list[Message] = [(w, i) for i, ws in enumerate(wordings) for w in ws]
+        replay.append((rng.choice(wordings[i]), f"faq:{i}"))
+    distinct: list[Message] = [(w, f"faq:{i}") for i, ws in enumerate(wordings) for w in ws]
     rng.shuffle(distinct)
     streams = {}
     for name, faq_stream in (("replay", replay), ("distinct", distinct)):
         others = round(len(faq_stream) * other_share / (1 - other_share))
-        mixed: list[Message] = [*faq_stream, *((t, None) for t in rng.sample(clinc, others))]
+        mixed: list[Message] = [*faq_stream, *rng.sample(clinc, others)]
         # interleave: keep the FAQ order, scatter the other traffic through it
         rng.shuffle(mixed)
         streams[name] = mixed
@@ -113,6 +117,7 @@ async def run_once(
     cache_url: str,
     store_url: str,
     reply_cache: bool,
+    threshold: float | None,
     concurrency: int,
 ) -> dict[str, Any]:
     standin.reset()
@@ -125,6 +130,7 @@ async def run_once(
             "policy_path": REPO / "deployments" / "dialog" / "policy.yaml",
             "upstreams": [{"name": "standin", "base_url": standin.base_url, "model": "standin-chat-1"}],
             "reply_cache": reply_cache,
+            "reply_cache_threshold": threshold,
         },
         model={"artifacts_dir": REPO / "artifacts", "build_if_missing": False},
     )
@@ -138,7 +144,7 @@ async def run_once(
 
         async def user() -> None:
             while not queue.empty():
-                index, (text, faq_id) = queue.get_nowait()
+                index, (text, truth) = queue.get_nowait()
                 started = time.perf_counter()
                 response = await http.post("/v1/chat", json={"message": text})
                 elapsed = (time.perf_counter() - started) * 1000
@@ -146,7 +152,8 @@ async def run_once(
                 records.append(
                     {
                         "index": index,
-                        "faq": faq_id,
+                        "text": text,
+                        "truth": truth,
                         "status": response.status_code,
                         "ms": elapsed,
                         "policy": body.get("policy"),
@@ -162,15 +169,16 @@ async def run_once(
     return {"records": records, "upstream": stats, "wall_s": round(wall, 1)}
 
 
-def evaluate(run: dict[str, Any], answered_by: dict[str, int | None]) -> dict[str, Any]:
+def evaluate(run: dict[str, Any], asks: dict[str, str]) -> dict[str, Any]:
+    """A cached reply is right only if its source question asks what the message asks."""
     records = run["records"]
-    faq_records = [r for r in records if r["faq"] is not None]
+    faq_records = [r for r in records if r["truth"].startswith("faq:")]
     hits = [r for r in records if r["policy"] == "cache"]
     wrong = []
     for r in hits:
         quoted = QUOTED.match(r["reply"])
-        source = answered_by.get(quoted.group(1)) if quoted else None
-        if r["faq"] is None or source != r["faq"]:
+        source = asks.get(quoted.group(1)) if quoted else None
+        if source != r["truth"]:
             wrong.append(r)
     by_policy: dict[str, int] = {}
     for r in records:
@@ -189,11 +197,14 @@ def evaluate(run: dict[str, Any], answered_by: dict[str, int | None]) -> dict[st
         "upstream_completion_tokens": run["upstream"]["completion_tokens"],
         "upstream_tokens": tokens,
         "cache_hits": len(hits),
-        "faq_hit_rate": round(sum(r["faq"] is not None for r in hits) / max(1, len(faq_records)), 4),
+        "faq_hit_rate": round(sum(r["truth"].startswith("faq:") for r in hits) / max(1, len(faq_records)), 4),
         "wrong_cached_replies": len(wrong),
         "wrong_share_of_replies": round(len(wrong) / max(1, len(records)), 4),
         "wrong_share_of_hits": round(len(wrong) / max(1, len(hits)), 4),
-        "wrong_examples": [r["index"] for r in wrong[:10]],
+        "wrong_examples": [
+            {"message": r["text"], "answered": QUOTED.match(r["reply"]).group(1)}  # type: ignore[union-attr]
+            for r in wrong[:10]
+        ],
         "p50_ms": percentile(ms, 50),
         "p99_ms": percentile(ms, 99),
         "p50_ms_cache_hits": percentile([r["ms"] for r in hits], 50),
@@ -208,31 +219,32 @@ def report(results: dict[str, Any], out: Path) -> None:
         "",
         f"Model `{results['model_id']}`; made by `python -m bench.chat_replay` (method in its docstring). "
         f"Upstream: OpenAI stand-in, {results['upstream_latency_ms']} ms per call; {results['concurrency']} "
-        f"concurrent users; cache threshold {results['threshold']}, margin {results['margin']}, "
-        f"verifier {'on' if results['verify'] else 'off'}.",
+        f"concurrent users; reply cache margin {results['margin']}, pair verifier "
+        f"{'on' if results['verify'] else 'off'}; `t` is the cosine threshold (default "
+        f"{results['default_threshold']}, the semantic cache's).",
         "",
-        "| stream | cache | messages | upstream requests | upstream tokens | saved | FAQ hit rate "
+        "| stream | reply cache | messages | upstream requests | upstream tokens | tokens saved "
+        "| FAQ hit rate "
         "| wrong cached replies | wrong / replies | wrong / hits | P50 ms | P99 ms |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, pair in results["streams"].items():
-        off, on = pair["off"], pair["on"]
-        saved = 1 - on["upstream_tokens"] / max(1, off["upstream_tokens"])
-        pair["tokens_saved"] = round(saved, 4)
-        for label, r in (("off", off), ("on", on)):
+    for name, runs in results["streams"].items():
+        off = runs["off"]
+        for label, r in runs.items():
+            saved = 1 - r["upstream_tokens"] / max(1, off["upstream_tokens"])
+            r["tokens_saved"] = round(saved, 4)
             lines.append(
                 f"| {name} | {label} | {r['messages']} | {r['upstream_requests']} | {r['upstream_tokens']} "
                 f"| {'' if label == 'off' else f'{saved:.1%}'} | {r['faq_hit_rate']:.1%} | "
                 f"{r['wrong_cached_replies']} | {r['wrong_share_of_replies']:.2%} | "
-                f"{r['wrong_share_of_hits']:.2%} "
-                f"| {r['p50_ms']} | {r['p99_ms']} |"
+                f"{r['wrong_share_of_hits']:.2%} | {r['p50_ms']} | {r['p99_ms']} |"
             )
-    lines += ["", "Policies per run (how each reply was produced):", ""]
-    for name, pair in results["streams"].items():
-        for label in ("off", "on"):
+    lines += ["", "How each reply was produced, per run:", ""]
+    for name, runs in results["streams"].items():
+        for label, r in runs.items():
             lines.append(
-                f"- {name}, cache {label}: {pair[label]['policies']}; StackFAQ messages labelled "
-                f"`oos`: {pair[label]['faq_labelled_oos']:.1%}"
+                f"- {name}, {label}: {r['policies']}; StackFAQ messages labelled `oos`: "
+                f"{r['faq_labelled_oos']:.1%}; P50 of cache hits {r['p50_ms_cache_hits']} ms"
             )
     lines += ["", "Target (issue 7): >= 60% fewer upstream tokens with <= 1% wrong replies."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -241,14 +253,10 @@ def report(results: dict[str, Any], out: Path) -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     streams = build_streams(args.data, args.seed, args.faq_messages, args.other_share)
-    faq = read_jsonl(args.data / "paraphrase" / "stackfaq_dev.jsonl")
-    answered_by: dict[str, int | None] = {}
+    asks: dict[str, str] = {}  # a question's first 80 characters (what the stand-in quotes) -> what it asks
     for stream in streams.values():
-        for text, faq_id in stream:
-            answered_by.setdefault(text[:80], faq_id)
-    for i, f in enumerate(faq):
-        for text in [f["question"], *f["rephrasings"]]:
-            answered_by[text[:80]] = i
+        for text, truth in stream:
+            asks.setdefault(text[:80], truth)
     nlu = InProcessNlu(args.artifacts)
     standin = StandinServer()
     cache, store = RedisServer(), RedisServer(durable=True)
@@ -260,21 +268,26 @@ async def main_async(args: argparse.Namespace) -> None:
         "model_id": nlu.model.model_id,
         "upstream_latency_ms": 150,
         "concurrency": args.concurrency,
-        "threshold": settings.cache.semantic_threshold,
-        "margin": settings.cache.semantic_margin,
+        "default_threshold": settings.cache.semantic_threshold,
+        "margin": settings.dialog.reply_cache_margin,
         "verify": getattr(settings.cache, "semantic_verify", False),
         "seed": args.seed,
         "streams": {},
     }
+    plan: list[tuple[str, bool, float | None]] = [("off", False, None)]
+    thresholds = args.thresholds or sorted({settings.cache.semantic_threshold, 0.75, 0.8})
+    plan += [(f"on, t={t}", True, t) for t in thresholds]
     try:
         for name in args.streams:
-            pair = {}
-            for label, on in (("off", False), ("on", True)):
+            runs = {}
+            for label, on, threshold in plan:
                 cache.restart()  # an empty cache Redis (no persistence) for every run
-                run = await run_once(streams[name], nlu, standin, cache.url, store.url, on, args.concurrency)
-                pair[label] = evaluate(run, answered_by)
-                print(name, label, json.dumps(pair[label]), flush=True)
-            results["streams"][name] = pair
+                run = await run_once(
+                    streams[name], nlu, standin, cache.url, store.url, on, threshold, args.concurrency
+                )
+                runs[label] = evaluate(run, asks)
+                print(name, label, json.dumps(runs[label]), flush=True)
+            results["streams"][name] = runs
     finally:
         standin.stop()
         cache.close()
@@ -294,6 +307,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--streams", nargs="+", default=["replay", "distinct"])
+    parser.add_argument(
+        "--thresholds", nargs="+", type=float, default=None, help="default: the cache's, 0.75 and 0.8"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "chat_replay")
     asyncio.run(main_async(parser.parse_args()))
 

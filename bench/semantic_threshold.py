@@ -17,7 +17,9 @@ Everything runs on the served model's own embeddings:
   own entry removed (a question nobody asked yet): every hit is wrong. Scored by the shipped
   verifier (fitted on all of QQP; StackFAQ plays no part in the fit).
 
-The decision rule is ``semantic.choose`` evaluated over each query's 8 nearest entries (vectorised);
+The decision rule is ``semantic.choose`` evaluated over each query's 8 nearest entries (vectorised):
+the nearest entry must reach the threshold and pass the verifier, and no entry within the margin
+may hold another answer unless a veto marks it as a different question from the query;
 the chosen cell is replayed through a real (local-only) SemanticCache to check that they agree.
 
     python bench/semantic_threshold.py   # writes bench/results/semantic_threshold.{json,md} and prints
@@ -54,6 +56,7 @@ FOLDS = 5
 FIT_MIN_COSINE = 0.6  # the verifier only ever sees candidates above the threshold: fit that region
 L2 = 1.0  # ridge penalty on the standardised coefficients (not the intercept)
 TOP = 8  # candidates per query, as semantic._CANDIDATES
+QQP_NOISE = 0.01  # QQP precision differences below this are noise when choosing the cell (see pick)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -201,25 +204,33 @@ class Candidates:
         self.prob = probs.reshape(self.index.shape)
 
     def accepted(self, mode: str, min_probability: float) -> np.ndarray:
+        """Which candidates the verifier of ``mode`` accepts."""
         if mode == "cosine":
             return np.ones(self.sims.shape, dtype=bool)
         if mode == "vetoes":
             return ~self.veto
         return ~self.veto & (self.prob >= min_probability)
 
-    def served(self, accepted: np.ndarray, threshold: float, margin: float) -> np.ndarray:
+    def rivals(self, mode: str) -> np.ndarray:
+        """Which candidates count against the margin: all but those a veto marks as another question."""
+        return np.ones(self.sims.shape, dtype=bool) if mode == "cosine" else ~self.veto
+
+    def served(self, accepted: np.ndarray, rivals: np.ndarray, threshold: float, margin: float) -> np.ndarray:
         """Entry index served per query (-1: miss): ``semantic.choose`` over the top candidates."""
+        score = self.sims[:, :1]
+        ok = accepted[:, 0] & (score[:, 0] >= threshold)
+        close = rivals & (self.sims > score - margin) & (self.values != self.values[:, :1])
+        return np.where(ok & ~close.any(axis=1), self.index[:, 0], -1)
+
+    def served_with_fallback(self, accepted: np.ndarray, threshold: float, margin: float) -> np.ndarray:
+        """The rule *not* shipped, for comparison: serve the nearest accepted entry even when nearer
+        ones were refused, and let only accepted entries count against the margin."""
         rows = np.arange(len(self.sims))
         ok = accepted & (self.sims >= threshold)
         best = ok.argmax(axis=1)
-        score = self.sims[rows, best]
-        rivals = (
-            accepted
-            & (self.sims > score[:, None] - margin)
-            & (self.values != self.values[rows, best][:, None])
-        )
-        hit = ok.any(axis=1) & ~rivals.any(axis=1)
-        return np.where(hit, self.index[rows, best], -1)
+        score = self.sims[rows, best][:, None]
+        close = accepted & (self.sims > score - margin) & (self.values != self.values[rows, best][:, None])
+        return np.where(ok.any(axis=1) & ~close.any(axis=1), self.index[rows, best], -1)
 
 
 def modes() -> list[tuple[str, float]]:
@@ -313,20 +324,19 @@ def main() -> None:
         pair_ok = np.ones(len(pairs), dtype=bool) if mode == "cosine" else ~veto
         if mode == "verifier":
             pair_ok &= held_out >= p
-        acc = {
-            name: c.accepted(mode, p) for name, c in (("q", qqp_cache), ("f", faq_cands), ("a", absent_cands))
-        }
+        cands = {"q": qqp_cache, "f": faq_cands, "a": absent_cands}
+        acc = {name: (c.accepted(mode, p), c.rivals(mode)) for name, c in cands.items()}
         for margin in MARGINS:
             for t in THRESHOLDS:
                 hits = (cos >= t) & pair_ok
                 n_hits, n_dup = int(hits.sum()), int((hits & (labels == 1)).sum())
-                cache_pick = qqp_cache.served(acc["q"], t, margin)
+                cache_pick = qqp_cache.served(*acc["q"], t, margin)
                 cache_right = int(((cache_pick == own_a) & (labels == 1)).sum())
                 cache_hits = int((cache_pick >= 0).sum())
-                faq_pick = faq_cands.served(acc["f"], t, margin)
+                faq_pick = faq_cands.served(*acc["f"], t, margin)
                 faq_hits = int((faq_pick >= 0).sum())
                 faq_right = int((faq_pick == truth).sum())
-                absent_hits = int((absent_cands.served(acc["a"], t, margin) >= 0).sum())
+                absent_hits = int((absent_cands.served(*acc["a"], t, margin) >= 0).sum())
                 grid.append(
                     {
                         "verify": mode,
@@ -368,6 +378,21 @@ def main() -> None:
         meta["chosen_qqp_precision_by_fold"] = [
             ratio(int((ok & (folds == f) & (labels == 1)).sum()), int((ok & (folds == f)).sum()))
             for f in range(FOLDS)
+        ]
+        if chosen["verify"] == "verifier":
+            t, m, p = chosen["threshold"], chosen["margin"], chosen["min_probability"]
+            picks = faq_cands.served_with_fallback(faq_cands.accepted("verifier", p), t, m)
+            absent = absent_cands.served_with_fallback(absent_cands.accepted("verifier", p), t, m)
+            meta["fallback_rule"] = {
+                "faq_hit_rate": ratio(int((picks >= 0).sum()), len(queries)),
+                "faq_precision": ratio(int((picks == truth).sum()), int((picks >= 0).sum())),
+                "faq_absent_false_hit_rate": ratio(int((absent >= 0).sum()), len(queries)),
+            }
+        wrong = np.flatnonzero(ok & (labels == 0))
+        wrong = wrong[np.argsort(-held_out[wrong])][:8]  # the verifier's most confident mistakes
+        meta["chosen_qqp_false_hits"] = [
+            {"a": pairs[i][0], "b": pairs[i][1], "cosine": rounded(cos[i]), "p": rounded(held_out[i])}
+            for i in wrong
         ]
     meta["seconds"] = round(time.perf_counter() - started, 1)
     write_results(args.out, grid, meta)
@@ -434,7 +459,10 @@ def pick(grid: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
 
     If some cells meet every target: the most StackFAQ hits, then the fewest absent-FAQ false hits,
     then the higher QQP precision. Otherwise keep the StackFAQ targets (the cache's reason to exist)
-    and take the highest held-out QQP precision among those cells, then the fewest absent false hits.
+    and, among the cells whose held-out QQP precision is within ``QQP_NOISE`` of the best such cell
+    (the spread between folds is about that wide), take the fewest absent-FAQ false hits (wrong
+    answers to questions nobody cached), then the most StackFAQ hits, then the higher QQP precision,
+    then the higher threshold (equal cells: the one that lets fewer candidates near the verifier).
     """
     full = [r for r in grid if meets(r, TARGETS)]
     if full:
@@ -446,7 +474,17 @@ def pick(grid: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
     usable = [r for r in grid if meets(r, faq_targets)]
     if not usable:
         return None, False
-    best = max(usable, key=lambda r: (r["qqp_precision"], -r["faq_absent_false_hit_rate"], r["faq_hit_rate"]))
+    top = max(r["qqp_precision"] for r in usable)
+    near = [r for r in usable if r["qqp_precision"] >= top - QQP_NOISE]
+    best = max(
+        near,
+        key=lambda r: (
+            -r["faq_absent_false_hit_rate"],
+            r["faq_hit_rate"],
+            r["qqp_precision"],
+            r["threshold"],
+        ),
+    )
     return best, False
 
 
@@ -502,7 +540,9 @@ def write_results(out: Path, grid: list[dict[str, Any]], meta: dict[str, Any]) -
     chosen, met_all = pick(grid)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "targets": TARGETS, "chosen": chosen, "meets_all_targets": met_all, "grid": grid}
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    rows = ",\n".join("  " + json.dumps(r, separators=(",", ":")) for r in grid)  # one cell a line
+    text = json.dumps({**payload, "grid": "GRID"}, indent=1).replace('"GRID"', "[\n" + rows + "\n ]")
+    out.with_suffix(".json").write_text(text + "\n", encoding="utf-8")
     fit = meta["fit"]
     lines = [
         "# Semantic cache: threshold and verifier",
@@ -523,8 +563,8 @@ def write_results(out: Path, grid: list[dict[str, Any]], meta: dict[str, Any]) -
             "meets every target" if met_all else "meets the StackFAQ targets only; no such cell meets QQP's"
         )
         lines += [
-            f"**Chosen: threshold {chosen['threshold']}, margin {chosen['margin']}, verifier "
-            f"{chosen['verify']} (min p {chosen['min_probability']})** ({verdict}): StackFAQ hit rate "
+            f"**Chosen: threshold {chosen['threshold']}, margin {chosen['margin']}, check "
+            f"`{chosen['verify']}` (min p {chosen['min_probability']})** ({verdict}): StackFAQ hit rate "
             f"{chosen['faq_hit_rate']} at precision {chosen['faq_precision']}, absent-FAQ false-hit rate "
             f"{chosen['faq_absent_false_hit_rate']}; QQP precision {chosen['qqp_precision']} at QQP hit rate "
             f"{chosen['qqp_hit_rate']} (per fold: {meta.get('chosen_qqp_precision_by_fold')}). "
@@ -577,6 +617,18 @@ def write_results(out: Path, grid: list[dict[str, Any]], meta: dict[str, Any]) -
         *coef_rows,
         "",
         *findings(grid),
+        "",
+        "Not shipped, for comparison at the chosen cell: when the nearest entry is refused, serve the "
+        f"nearest accepted one instead: {meta.get('fallback_rule')} (more false hits for uncached "
+        "questions, which is why `semantic.choose` never falls back).",
+        "",
+        "QQP pairs labelled *not* duplicate that the chosen cell serves, most confident first (judge "
+        "how many are label noise):",
+        "",
+        *[
+            f"- {w['a']} / {w['b']} (cosine {w['cosine']}, p {w['p']})"
+            for w in meta.get("chosen_qqp_false_hits", [])
+        ],
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from xz_serve.api.ingress import Ingress
 from xz_serve.batching.replica import NluReplica
 from xz_serve.fused import FusedServer
 from xz_serve.settings import XzSettings
+from xz_serve.telemetry.tracing import forwarded_env
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,20 @@ def resolve(settings: XzSettings) -> XzSettings:
     return settings.model_copy(update={"model": model})
 
 
+def with_otel_env(options: dict[str, Any], settings: XzSettings) -> dict[str, Any]:
+    """Give the replicas the builder's OTEL_* variables (``telemetry.forward_otel_env``): Ray workers
+    otherwise see only the env of whoever started the cluster."""
+    env = forwarded_env(os.environ) if settings.telemetry.forward_otel_env else {}
+    if env:
+        runtime_env = options.setdefault("ray_actor_options", {}).setdefault("runtime_env", {})
+        runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}
+    return options
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """Serve app builder (``import_path: xz_serve.app:build_app``); YAML ``args`` win over env."""
     settings = resolve(XzSettings(**(args or {})))
-    nlu_options = settings.nlu.serve_options(default_target=settings.batch.max_batch_size)
+    nlu_options = with_otel_env(settings.nlu.serve_options(settings.batch.max_batch_size), settings)
     nlu_options["user_config"] = settings.batch.model_dump()
     log.info("%s topology; nlu deployment options: %s", settings.topology, nlu_options)
     if settings.topology == "fused":
@@ -46,5 +58,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         .options(name="nlu", health_check_period_s=10, **nlu_options)
         .bind(settings.model, settings.batch, settings.api.top_k)
     )
-    ingress = serve.deployment(Ingress).options(name="ingress", **settings.ingress.serve_options())
+    ingress_options = with_otel_env(settings.ingress.serve_options(), settings)
+    ingress = serve.deployment(Ingress).options(name="ingress", **ingress_options)
     return ingress.bind(nlu, settings)

@@ -19,6 +19,7 @@ from xz_serve.api.routes import create_api
 from xz_serve.batching.replica import NluReplica
 from xz_serve.errors import DeadlineExceededError
 from xz_serve.settings import XzSettings
+from xz_serve.telemetry import configure_telemetry
 from xz_serve.types import CallMeta, PredictResult
 
 
@@ -50,6 +51,7 @@ class FusedServer:
     """One Serve replica = FastAPI app + @serve.batch + ONNX model."""
 
     def __init__(self, settings: XzSettings) -> None:
+        configure_telemetry(settings.telemetry, component="fused")  # each replica is its own process
         self.replica = NluReplica(settings.model, settings.batch, settings.api.top_k)
         self._app = create_api(LocalNluClient(self.replica, settings.batch.max_batch_size), settings)
 

@@ -120,7 +120,7 @@ def test_auth_on_without_a_key_is_refused_in_json(case: Any) -> None:
 POSTS = ["/v1/analyze", "/v1/intent", "/v1/sentiment", "/v1/embeddings"]
 
 
-def hostile() -> Iterator[tuple[str, bytes, dict[str, str]]]:
+def hostile() -> Iterator[tuple[str, bytes, dict[str, Any]]]:
     json_type = {"content-type": "application/json"}
     yield "oversized body", b'{"text": "' + b"a" * 200_000 + b'"}', json_type
     yield "oversized, no length", b"", json_type  # body streamed below with no content-length
@@ -140,7 +140,7 @@ def hostile() -> Iterator[tuple[str, bytes, dict[str, str]]]:
     yield "form body", b"text=hi", {"content-type": "application/x-www-form-urlencoded"}
     yield "no content type", b'{"text": "hi"}', {}
     yield "bad content-length", b'{"text": "hi"}', {**json_type, "content-length": "abc"}
-    yield "bad timeout header", b'{"text": "hi"}', {**json_type, "x-request-timeout-ms": "\xff"}
+    yield "bad timeout header", b'{"text": "hi"}', {**json_type, "x-request-timeout-ms": b"\xff\xfe"}
     yield "huge timeout header", b'{"text": "hi"}', {**json_type, "x-request-timeout-ms": "9" * 400}
 
 

@@ -74,7 +74,13 @@ def deployed(base_url: str, name: str, args: dict[str, Any]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def serve_url(redis_cache: RedisServer, redis_store: RedisServer) -> Iterator[str]:
+def ray_metrics_port() -> int:
+    """Where Ray's metrics agent serves every process's metrics (xz_* and ray_serve_*) for Prometheus."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_url(redis_cache: RedisServer, redis_store: RedisServer, ray_metrics_port: int) -> Iterator[str]:
     """Start Ray + Serve with deployments/local.yaml's args; shut both down afterwards.
 
     The Redis URLs reach the app the way they do in production: as XZ_* environment variables.
@@ -87,7 +93,10 @@ def serve_url(redis_cache: RedisServer, redis_store: RedisServer) -> Iterator[st
     os.environ["XZ_CACHE__REDIS_URL"] = redis_cache.url
     os.environ["XZ_STORE__REDIS_URL"] = redis_store.url
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # Metrics reach the agent every 2 s instead of Ray's default 10 s: tests/integration/test_telemetry.py
+    # waits for Prometheus to see them.
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _metrics_export_port=ray_metrics_port)
     try:
         serve.start(
             http_options={"host": "127.0.0.1", "port": port},

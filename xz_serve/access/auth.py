@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 from xz_serve.access import metrics
 from xz_serve.access.keys import ApiKey, KeyStore, MemoryKeyStore, RedisKeyStore, parse_key
@@ -39,6 +40,7 @@ ROUTE_SCOPES: tuple[tuple[str, str | None], ...] = (
     ("/v1/admin/", "admin"),
     ("/v1/embeddings", "embeddings"),
     ("/v1/chat", "chat"),
+    ("/v1/sessions", "chat"),  # a chat's session state
     ("/v1/analyze", "nlu"),
     ("/v1/intent", "nlu"),
     ("/v1/sentiment", "nlu"),
@@ -46,6 +48,11 @@ ROUTE_SCOPES: tuple[tuple[str, str | None], ...] = (
 )
 """Path prefix -> scope a key needs, first match wins. A new /v1 route needs a line here to be
 scoped; without one it is open to every valid key (never to anonymous callers)."""
+
+METERED = ("/v1/analyze", "/v1/intent", "/v1/sentiment", "/v1/embeddings")
+"""Routes that call ``ctx.charge_texts`` once they know their text count: the request and its texts
+are charged there together, in one atomic step (a request refused for its texts uses no request
+budget). Every other /v1 route is charged one request before it runs."""
 
 STORE_DOWN = object()  # the guard's answer when the store did not answer
 
@@ -195,40 +202,50 @@ class AccessGate:
             return key.requests_per_minute or self.spec.default_requests_per_minute
         return key.texts_per_minute or self.spec.default_texts_per_minute
 
-    async def check(self, key: ApiKey, kind: Kind, cost: int) -> Decision | None:
-        """Charge ``cost`` to the key's ``kind`` limit; the decision says whether it was admitted.
+    async def check(self, key: ApiKey, costs: dict[Kind, int]) -> dict[Kind, Decision]:
+        """Charge ``costs`` to the key's limits in one atomic step: all are admitted or none.
 
-        None: no limit applies, or the store failed and limits fail open. Raises XzError for a cost
-        that can never fit (413) and for a store failure when limits fail closed (503).
+        Returns a decision per limited kind (empty: no limits apply, or the store failed and limits
+        fail open). Raises XzError for a cost that can never fit (413) and for a store failure when
+        limits fail closed (503).
         """
-        limit = self.limit_of(key, kind)
-        if limit is None:
-            return None
-        if cost > limit:
-            raise PayloadTooLargeError(
-                f"this request's {cost} {kind} exceed the key's limit of {limit} per minute; split it",
-                code=f"{kind}_exceed_rate_limit",
-            )
-        decision = await self.stored(lambda: self.limiter.hit(f"{key.id}:{kind}", limit, cost), "limit")
-        if not isinstance(decision, Decision):
+        charges: list[tuple[Kind, int, int]] = []
+        for kind, cost in costs.items():
+            limit = self.limit_of(key, kind)
+            if limit is None:
+                continue
+            if cost > limit:
+                raise PayloadTooLargeError(
+                    f"this request's {cost} {kind} exceed the key's limit of {limit} per minute; split it",
+                    code=f"{kind}_exceed_rate_limit",
+                )
+            charges.append((kind, limit, cost))
+        if not charges:
+            return {}
+        buckets = [(f"{key.id}:{kind}", limit, cost) for kind, limit, cost in charges]
+        decisions = await self.stored(lambda: self.limiter.hit_all(buckets), "limit")
+        if not isinstance(decisions, list):
             if self.spec.limits_fail_mode == "closed":
                 raise NotReadyError(
                     "the rate limiter is unreachable; retry shortly",
                     code="rate_limiter_unavailable",
                     retry_after_s=self.spec.store_backoff_ms / 1000,
                 )
-            return None
-        if not decision.allowed:
-            metrics.RATE_LIMITED.inc(1, tags={"kind": kind})
-        return decision
+            return {}
+        return {kind: decision for (kind, _, _), decision in zip(charges, decisions, strict=True)}
 
-    @staticmethod
-    def refusal(kind: Kind, decision: Decision) -> RateLimitedError:
-        """The 429 for a refused decision (its headers go out through ``ctx.response_headers``)."""
-        return RateLimitedError(
-            f"{kind} per minute limit of {decision.limit} reached for this key",
-            retry_after_s=max(decision.retry_after_s or 1.0, 0.001),
-        )
+    async def charge(self, key: ApiKey, costs: dict[Kind, int], ctx: RequestContext) -> None:
+        """``check``, with the x-ratelimit-* headers put on ``ctx``; raises 429 when refused."""
+        decisions = await self.check(key, costs)
+        for kind, decision in decisions.items():
+            ctx.response_headers.update(decision.headers(kind))
+        for kind, decision in decisions.items():
+            if not decision.allowed:
+                metrics.RATE_LIMITED.inc(1, tags={"kind": kind})
+                raise RateLimitedError(
+                    f"{kind} per minute limit of {decision.limit} reached for this key",
+                    retry_after_s=max(decision.retry_after_s or 1.0, 0.001),
+                )
 
     async def close(self) -> None:
         await self.guard.close()
@@ -258,8 +275,15 @@ class AccessMiddleware:
         self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = _route_path(scope) if scope["type"] == "http" else ""
+        path = _route_path(scope) if scope["type"] in ("http", "websocket") else ""
         if not path.startswith("/v1/") or not self.gate.spec.auth_enabled:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # none today; a future one must not bypass keys
+            verdict = await self.gate.authenticate(HTTPConnection(scope).headers.get("authorization"), path)
+            if verdict.key is None:
+                await WebSocketClose(code=1008, reason=verdict.code)(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         request = Request(scope)
@@ -271,18 +295,16 @@ class AccessMiddleware:
             return
         key = verdict.key
         ctx.tenant, ctx.key_id = key.tenant, key.id
-        try:
-            decision = await self.gate.check(key, "requests", 1)
-            if decision is not None:
-                ctx.response_headers.update(decision.headers("requests"))
-                if not decision.allowed:
-                    raise self.gate.refusal("requests", decision)
-        except XzError as exc:
-            await self._respond(scope, receive, send, exc.status, exc.code, exc.message, exc.retry_after_s,
-                                ctx.response_headers)  # fmt: skip
-            return
-        ctx.text_meter = _TextMeter(self.gate, key, ctx)
-        await self.app(scope, receive, _with_headers(send, ctx))
+        meter = _TextMeter(self.gate, key, ctx, with_request=path.startswith(METERED))
+        if not meter.with_request:  # no text count will come: charge the request now
+            try:
+                await self.gate.charge(key, {"requests": 1}, ctx)
+            except XzError as exc:
+                await self._respond(scope, receive, send, exc.status, exc.code, exc.message,
+                                    exc.retry_after_s, ctx.response_headers)  # fmt: skip
+                return
+        ctx.text_meter = meter
+        await self.app(scope, receive, _with_headers(send, ctx, meter))
 
     @staticmethod
     async def _respond(
@@ -295,21 +317,44 @@ class AccessMiddleware:
 
 
 class _TextMeter:
-    """``ctx.text_meter``: charges texts to the key's texts-per-minute limit."""
+    """``ctx.text_meter``: charges texts, and on metered routes the request with them, in one step."""
 
-    def __init__(self, gate: AccessGate, key: ApiKey, ctx: RequestContext) -> None:
+    def __init__(self, gate: AccessGate, key: ApiKey, ctx: RequestContext, with_request: bool) -> None:
         self.gate, self.key, self.ctx = gate, key, ctx
+        self.with_request = with_request  # the request is charged with its texts, not up front
+        self.request_charged = not with_request
 
     async def __call__(self, count: int) -> None:
-        decision = await self.gate.check(self.key, "texts", count)
-        if decision is not None:
-            self.ctx.response_headers.update(decision.headers("texts"))
-            if not decision.allowed:
-                raise self.gate.refusal("texts", decision)
+        costs: dict[Kind, int] = {"texts": count}
+        if not self.request_charged:
+            costs["requests"] = 1
+        try:
+            await self.gate.charge(self.key, costs, self.ctx)
+        except PayloadTooLargeError:
+            raise  # never reached the limiter: settle() counts the request
+        except BaseException:
+            self.request_charged = True  # refused (429) or failed closed: not counted again
+            raise
+        self.request_charged = True
+
+    async def settle(self) -> None:
+        """A metered route that answered without counting texts (bad input): count the request
+        anyway, so floods of invalid requests use up the key's budget. Never raises."""
+        if self.request_charged:
+            return
+        self.request_charged = True
+        try:
+            decisions = await self.gate.check(self.key, {"requests": 1})
+        except XzError:
+            return
+        if "requests" in decisions:
+            self.ctx.response_headers.update(decisions["requests"].headers("requests"))
 
 
-def _with_headers(send: Send, ctx: RequestContext) -> Send:
+def _with_headers(send: Send, ctx: RequestContext, meter: _TextMeter) -> Send:
     async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await meter.settle()
         if message["type"] == "http.response.start" and ctx.response_headers:
             raw: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
             present = {name.lower() for name, _ in raw}

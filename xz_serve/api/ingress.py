@@ -11,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 from xz_serve.api.client import ServeNluClient
 from xz_serve.api.routes import create_api
 from xz_serve.settings import XzSettings
+from xz_serve.telemetry import configure_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ class Ingress:
     """Validates, calls the NLU replicas once per request (in batch-sized chunks), shapes JSON."""
 
     def __init__(self, nlu: DeploymentHandle, settings: XzSettings) -> None:
+        configure_telemetry(settings.telemetry, component="ingress")  # each replica is its own process
         client = ServeNluClient(nlu, settings.batch.max_batch_size, settings.api.request_timeout_s)
         self._app = create_api(client, settings)
 

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.types import Scope
 
 from xz_serve import __version__
 from xz_serve.access.auth import install_access
@@ -18,12 +20,13 @@ from xz_serve.api.cache_control import apply_cache_control
 from xz_serve.api.cached_client import predictor
 from xz_serve.api.chat import chat_router
 from xz_serve.api.client import NluClient
-from xz_serve.api.context import Ctx, RequestContext
+from xz_serve.api.context import Ctx, RequestContext, get_context
 from xz_serve.api.errors import BodyLimitMiddleware, install_error_handlers
 from xz_serve.api.validation import request_texts
 from xz_serve.dialog.service import build_dialog
 from xz_serve.errors import InvalidInputError, XzError
 from xz_serve.settings import XzSettings
+from xz_serve.telemetry.middleware import TelemetryMiddleware
 from xz_serve.types import PredictResult, TextPrediction
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -64,6 +67,11 @@ def _sentiment(pred: TextPrediction) -> dict[str, Any]:
     return {"label": max(scores, key=scores.__getitem__), "scores": scores}
 
 
+def _bind_trace(scope: Scope, carrier: dict[str, str]) -> None:
+    """The request's server span becomes the parent of everything downstream (cache, replicas)."""
+    get_context(Request(scope)).carrier = carrier
+
+
 def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     """Build the HTTP app around ``client``; Serve wraps it, tests drive it directly.
 
@@ -76,6 +84,9 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
         version=__version__,
         description="Intent, sentiment and embeddings for XiaoZhua, served on Ray Serve.",
         responses=ERRORS,
+        # FastAPI's own OpenTelemetry would open a second server span per request beside
+        # TelemetryMiddleware's (which names it by route template and feeds Ray's metrics): off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
@@ -84,6 +95,9 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     app.router.on_shutdown.append(nlu.close)
     install_access(app, settings)  # API keys, scopes, per-key limits on /v1/*; admin key routes
     app.add_middleware(DeadlineMiddleware, api=api)  # outermost: the deadline counts from arrival
+
+    if settings.telemetry.enabled:  # added last = outermost: traces and measures every response
+        app.add_middleware(TelemetryMiddleware, on_context=_bind_trace)
 
     def out_of_scope(pred: TextPrediction) -> bool:
         return pred.out_of_scope or pred.intents[0][1] < api.oos_threshold

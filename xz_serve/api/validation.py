@@ -25,6 +25,11 @@ def request_texts(text: str | None, texts: list[str] | None, api: ApiSpec) -> li
     for index, item in enumerate(items):
         if not item.strip():
             raise InvalidInputError(f"text {index} is empty", code="empty_text")
+        if not item.isascii():
+            try:  # JSON may escape a lone surrogate (\ud800): no tokenizer or hash can take it
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInputError(f"text {index} is not valid Unicode", code="invalid_text") from None
         if len(item) > api.max_text_chars:
             raise PayloadTooLargeError(
                 f"text {index} has {len(item)} characters; at most {api.max_text_chars}",

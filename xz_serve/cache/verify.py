@@ -92,10 +92,46 @@ FEATURES = (
 # pass the vetoes and have cosine >= 0.6 under the INT8 model's embeddings; ridge logistic regression
 # on standardised features (x - MEAN) / SCALE. Fit and held-out precision are in
 # bench/results/semantic_threshold.md. Order follows FEATURES.
-COEF = (0.0,) * len(FEATURES)
-INTERCEPT = 0.0
-MEAN = (0.0,) * len(FEATURES)
-SCALE = (1.0,) * len(FEATURES)
+COEF = (
+    1.506663,
+    0.356181,
+    -0.134217,
+    0.438001,
+    -0.049621,
+    -0.003112,
+    -0.09379,
+    -0.390608,
+    -0.053005,
+    -0.139922,
+    -0.001308,
+)
+INTERCEPT = 0.254482
+MEAN = (
+    0.829811,
+    0.605846,
+    0.765415,
+    1.034684,
+    0.223151,
+    0.78802,
+    0.176849,
+    0.456461,
+    0.060772,
+    0.055949,
+    0.254662,
+)
+SCALE = (
+    0.105253,
+    0.223976,
+    0.217976,
+    0.581509,
+    0.585773,
+    0.17267,
+    0.381541,
+    0.199492,
+    0.238911,
+    0.229822,
+    0.435671,
+)
 
 
 @dataclass(frozen=True)
@@ -217,6 +253,10 @@ class PairVerifier:
         x = (np.asarray(features(a, b, cosine)) - np.asarray(self.mean)) / np.asarray(self.scale)
         z = float(x @ np.asarray(self.coef)) + self.intercept
         return 1.0 / (1.0 + math.exp(-z)) if z > -500 else 0.0
+
+    def distinct(self, a: str, b: str) -> bool:
+        """True when a veto says ``a`` and ``b`` are different questions (never from the regression)."""
+        return self.vetoes and veto(a, b) is not None
 
     def accepts(self, a: str, b: str, cosine: float) -> bool:
         """True when a stored answer for ``b`` may be served for ``a``."""

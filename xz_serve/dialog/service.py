@@ -345,7 +345,13 @@ def build_dialog(predict: Predict, settings: XzSettings) -> DialogService:
     spec = settings.dialog
     policy = load_policy(spec.policy_path, known_intents(settings))
     store = open_store(settings.store.redis_url, spec.session_ttl_s, spec.store_timeout_s)
-    cache = SemanticCache.from_spec(settings.cache) if settings.cache.enabled and spec.reply_cache else None
+    cache = None
+    if settings.cache.enabled and spec.reply_cache:  # the cache's threshold and verifier, our margin
+        update: dict[str, Any] = {"semantic_margin": spec.reply_cache_margin}
+        if spec.reply_cache_threshold is not None:
+            update["semantic_threshold"] = spec.reply_cache_threshold
+        cache_spec = settings.cache.model_copy(update=update)
+        cache = SemanticCache.from_spec(cache_spec)
     pool = UpstreamPool.from_specs(spec.upstreams, spec.prices, spec.fallback_order)
     log.info(
         "dialog: %d policy intents, %d upstreams, reply cache %s, sessions in %s",

@@ -29,9 +29,9 @@ async def make_app() -> AsyncIterator[Make]:
     """``await make(access={...}, store_url=...)``: an app, its fake model client and its gate."""
     opened: list[tuple[httpx.AsyncClient, AccessGate]] = []
 
-    async def make(store_url: str | None = None, **access: Any) -> Made:
+    async def make(store_url: str | None = None, timeout_ms: float = 100, **access: Any) -> Made:
         fake = FakeNluClient()
-        settings = XzSettings(access=access, store={"redis_url": store_url, "timeout_ms": 100})
+        settings = XzSettings(access=access, store={"redis_url": store_url, "timeout_ms": timeout_ms})
         app: FastAPI = create_api(fake, settings)
 
         @app.get("/v1/whoami")  # a route added after create_api: covered all the same
@@ -61,7 +61,7 @@ ANALYZE = {"text": "what is my balance"}
 def test_route_scopes() -> None:
     assert scope_for("/v1/analyze") == scope_for("/v1/intent") == scope_for("/v1/sentiment") == "nlu"
     assert scope_for("/v1/embeddings") == "embeddings"
-    assert scope_for("/v1/chat") == scope_for("/v1/chat/sessions/1") == "chat"
+    assert scope_for("/v1/chat") == scope_for("/v1/sessions/1") == "chat"
     assert scope_for("/v1/admin/keys") == "admin"
     assert scope_for("/v1/models") is None
 
@@ -141,31 +141,43 @@ async def test_requests_per_minute(make_app: Make, backend: str, request: pytest
 
 async def test_texts_per_minute(make_app: Make, store_server: RedisServer) -> None:
     http, fake, gate = await make_app(store_server.url)
-    headers, _ = await add_key(gate, texts_per_minute=5)
+    headers, _ = await add_key(gate, texts_per_minute=5, requests_per_minute=10)
     ok = await http.post("/v1/analyze", json={"texts": ["a b", "c d", "e f"]}, headers=headers)
     assert ok.status_code == 200 and ok.headers["x-ratelimit-remaining-texts"] == "2"
+    assert ok.headers["x-ratelimit-remaining"] == "9"
     refused = await http.post("/v1/embeddings", json={"input": ["a", "b", "c"]}, headers=headers)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
     assert "texts" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 59
     assert refused.headers["x-ratelimit-limit-texts"] == "5"  # headers reach error responses too
     assert refused.headers["x-ratelimit-remaining-texts"] == "2"
-    assert refused.headers["x-ratelimit-limit"] == "600"  # the requests limit: the default
+    assert refused.headers["x-ratelimit-remaining"] == "9"  # refused for its texts: no request used
     too_big = await http.post("/v1/analyze", json={"texts": ["x"] * 6}, headers=headers)
     assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "texts_exceed_rate_limit")
-    assert (await http.post("/v1/sentiment", json={"texts": ["a", "b"]}, headers=headers)).status_code == 200
+    last = await http.post("/v1/sentiment", json={"texts": ["a", "b"]}, headers=headers)
+    assert last.status_code == 200 and last.headers["x-ratelimit-remaining"] == "7"  # the 413 counted
     assert fake.calls == [["a b", "c d", "e f"], ["a", "b"]]
+
+
+async def test_invalid_requests_count_against_the_key(make_app: Make) -> None:
+    http, _, gate = await make_app()
+    headers, _ = await add_key(gate, requests_per_minute=2)
+    invalid = await http.post("/v1/analyze", json={"texts": []}, headers=headers)
+    assert invalid.status_code == 400 and invalid.headers["x-ratelimit-remaining"] == "1"
+    assert (await http.post("/v1/analyze", json=ANALYZE, headers=headers)).status_code == 200
+    assert (await http.post("/v1/analyze", json={"text": "other"}, headers=headers)).status_code == 429
+    assert (await http.get("/v1/models", headers=headers)).status_code == 429  # charged up front
 
 
 async def test_limits_are_shared_by_replicas(make_app: Make, store_server: RedisServer) -> None:
     """Two apps (two replicas' worth of processes' state) on one store: one limit, not two."""
-    a, _, gate_a = await make_app(store_server.url)
-    b, _, _ = await make_app(store_server.url)
+    a, _, gate_a = await make_app(store_server.url, timeout_ms=2000)  # a slow store would fail open
+    b, _, _ = await make_app(store_server.url, timeout_ms=2000)
     headers, _ = await add_key(gate_a, requests_per_minute=10)
     codes = await asyncio.gather(*(
         (a if i % 2 else b).post("/v1/analyze", json=ANALYZE, headers=headers) for i in range(30)
     ))  # fmt: skip
-    assert sum(r.status_code == 200 for r in codes) == 10
-    assert sum(r.status_code == 429 for r in codes) == 20
+    statuses = sorted(r.status_code for r in codes)
+    assert statuses == [200] * 10 + [429] * 20, statuses
 
 
 async def test_admin_routes(make_app: Make, store_server: RedisServer) -> None:
@@ -267,3 +279,30 @@ async def test_auth_off_is_open_and_loud(make_app: Make, caplog: pytest.LogCaptu
     response = await http.post("/v1/analyze", json=ANALYZE)
     assert response.status_code == 200 and "x-ratelimit-limit" not in response.headers
     assert (await http.get("/v1/whoami")).json() == {"tenant": "default", "key_id": None}
+
+
+
+async def test_a_websocket_under_v1_needs_a_key_too() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    from xz_serve.access.auth import AccessMiddleware
+    from xz_serve.access.spec import AccessSpec
+
+    async def stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    gate = AccessGate(AccessSpec())
+    app = AccessMiddleware(Starlette(routes=[WebSocketRoute("/v1/stream", stream)]), gate)
+    plain, record = mint("ws")
+    await gate.store.put(record)
+    with TestClient(app) as client:
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/v1/stream"):
+            pass
+        assert refused.value.code == 1008
+        with client.websocket_connect("/v1/stream", headers={"Authorization": f"Bearer {plain}"}) as ws:
+            assert ws.receive_text() == "hello"

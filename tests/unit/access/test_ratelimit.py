@@ -59,7 +59,7 @@ async def test_lua_window_slides(store_client: Redis) -> None:
     assert again.allowed and again.remaining == 0  # the second grant is still in the window
     await asyncio.sleep(0.45)
     assert (await limiter.hit("k", 2)).remaining == 1
-    ttl = await store_client.pttl("xz:rl:{k}:log")
+    ttl = await store_client.pttl("xz:rl:{k}:k:log")
     assert 0 < ttl <= 400  # counters expire with the window: an idle key costs nothing
 
 
@@ -110,3 +110,15 @@ async def test_memory_limiter_window() -> None:
     assert not (await limiter.hit("k", 2)).allowed
     clock.now += 61
     assert (await limiter.hit("k", 2)).remaining == 1
+
+
+async def test_limits_are_charged_together_or_not_at_all(store_client: Redis) -> None:
+    for limiter in (RedisLimiter(store_client), MemoryLimiter()):
+        charges = [("k:requests", 10, 1), ("k:texts", 5, 3)]
+        first = await limiter.hit_all(charges)
+        assert [(d.allowed, d.remaining) for d in first] == [(True, 9), (True, 2)]
+        second = await limiter.hit_all(charges)  # the texts do not fit: the request is not counted
+        assert [(d.allowed, d.remaining) for d in second] == [(True, 9), (False, 2)]
+        assert second[0].retry_after_s is None and second[1].retry_after_s is not None
+        third = await limiter.hit_all([("k:requests", 10, 1), ("k:texts", 5, 2)])
+        assert [(d.allowed, d.remaining) for d in third] == [(True, 8), (True, 0)]

@@ -98,7 +98,7 @@ VERIFIER = PairVerifier(min_probability=0.5)
 
 
 def verified(**kw: object) -> SemanticCache:
-    return cache(threshold=0.8, margin=0.1, verifier=VERIFIER, **kw)
+    return cache(**{"threshold": 0.8, "margin": 0.1, "verifier": VERIFIER, **kw})
 
 
 async def test_verifier_refuses_a_changed_year_even_at_cosine_one() -> None:
@@ -111,14 +111,22 @@ async def test_verifier_refuses_a_changed_year_even_at_cosine_one() -> None:
     assert hit.text == "How to lose weight in 2016?" and hit.key == "k16" and hit.similarity > 0.99
 
 
-async def test_refused_candidate_neither_serves_nor_vetoes() -> None:
+async def test_vetoed_look_alike_does_not_count_against_the_margin() -> None:
     sem = verified()
     await sem.store("ns", vec(1, 0.05, 0), b"2016", text="How to lose weight in 2016?")
     await sem.store("ns", vec(1, -0.05, 0), b"2017", text="How to lose weight in 2017?")
-    # Both are within the margin of each other: cosine alone would call it ambiguous.
-    assert await cache(threshold=0.8, margin=0.1).lookup("ns", vec(1, 0, 0)) is None
-    hit = await sem.lookup("ns", vec(1, 0, 0), text="How to lose weight in 2017?")
+    query = vec(1, -0.03, 0)  # nearer the 2017 entry, but within the margin of both
+    assert await cache(threshold=0.8, margin=0.1).lookup("ns", query) is None  # cosine alone: ambiguous
+    hit = await sem.lookup("ns", query, text="How to lose weight in 2017?")
     assert hit is not None and hit.value == b"2017"
+
+
+async def test_refused_nearest_entry_is_a_miss_not_a_fallback() -> None:
+    sem = verified(margin=0.0)
+    await sem.store("ns", vec(1, 0.05, 0), b"2016", text="How to lose weight in 2016?")
+    await sem.store("ns", vec(1, -0.3, 0), b"2017", text="How to lose weight in 2017?")
+    # The nearest entry is refused; the farther one would pass, but serving it is not tried.
+    assert await sem.lookup("ns", vec(1, 0, 0), text="How to lose weight in 2017?") is None
 
 
 async def test_unverifiable_pairs_are_misses_only_with_a_verifier() -> None:
