@@ -153,8 +153,12 @@ def precision(url: str, rows: list[dict]) -> dict[str, Any]:
     hits = [r for r in rows if r["x_cache"] == "hit"]
     fresh: dict[str, dict] = {}
     cosines: dict[str, float] = {}
+    uncached_ms: list[float] = []  # the same texts with the cache bypassed: what a hit saves
+    uncached_server_ms: list[float] = []
     for text in dict.fromkeys(r["text"] for r in hits):
-        _, _, head, body = client.post("/v1/analyze", {"text": text}, fresh_headers)
+        ms, _, head, body = client.post("/v1/analyze", {"text": text}, fresh_headers)
+        uncached_ms.append(ms)
+        uncached_server_ms.append(float(head.get("x-total-time-ms", "nan")))
         assert head.get("x-cache") == "bypass", head
         fresh[text] = body["results"][0]
         _, _, _, cached = client.post("/v1/embeddings", {"input": text})
@@ -187,6 +191,8 @@ def precision(url: str, rows: list[dict]) -> dict[str, Any]:
         "precision": round((len(hits) - len(wrong)) / len(hits), 5) if hits else None,
         "min_cosine": round(min(cosines.values()), 6) if cosines else None,
         "wrong": wrong[:20],
+        "uncached_latency_ms_client": summary(uncached_ms),
+        "uncached_latency_ms_server": summary(uncached_server_ms),
     }
 
 
@@ -231,6 +237,7 @@ def analyse(rows: list[dict], stream_args: dict[str, Any]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     a, p, m = result["analysis"], result["precision"], result["meta"]
     lc, ls = a["latency_ms_client"], a["latency_ms_server"]
+    uc, us = p["uncached_latency_ms_client"], p["uncached_latency_ms_server"]
     lines = [
         "# Exact cache replay (`bench/cache_replay.py`)",
         "",
@@ -259,6 +266,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"| {lc['miss']['p50']} | {lc['miss']['p99']} | {a['hit_p50_over_miss_p50_client']} |",
         f"| server (`x-total-time-ms`, in the route) | {ls['hit']['p50']} | {ls['hit']['p99']} "
         f"| {ls['miss']['p50']} | {ls['miss']['p99']} | {a['hit_p50_over_miss_p50_server']} |",
+        "",
+        f"Uncached baseline (the {p['hit_texts_checked']} hit texts again with `Cache-Control: no-cache, "
+        f"no-store`, after the replay): client P50 {uc['p50']} ms / P99 {uc['p99']} ms, server P50 "
+        f"{us['p50']} ms; hit P50 / uncached P50 = {round(lc['hit']['p50'] / uc['p50'], 4)} (client), "
+        f"{round(ls['hit']['p50'] / us['p50'], 4)} (server). Miss P50 - uncached P50 = "
+        f"{round(ls['miss']['p50'] - us['p50'], 3)} ms in the route: the MGET and the lease round trip "
+        "a miss makes before the model.",
         "",
         f"Target hit P50 <= 20% of miss P50 (client side): "
         f"{'met' if a['target_hit_p50_le_20pct_of_miss_p50'] else 'NOT met'}.",

@@ -118,6 +118,14 @@ class ApiSpec(_Spec):
     max_request_timeout_s: float = Field(
         60.0, gt=0, description="Cap on `x-request-timeout-ms`: no client may hold a slot longer."
     )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="HTTP requests one replica works on at once; past it, 503 + Retry-After before "
+        "the body is read. None derives it from the batch: `batch.queue_batches * "
+        "batch.max_batch_size` (a request carries at least one text, so single-text traffic is "
+        "bounded here and larger requests by the replica's text bound).",
+    )
 
 
 class DeploymentSpec(_Spec):

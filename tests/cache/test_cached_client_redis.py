@@ -99,3 +99,17 @@ async def test_a_hung_redis_costs_at_most_the_timeout(replicas: Replicas, redis_
         assert c.response_headers["x-cache"] == "unavailable" and a.stats.redis_timeouts >= 1
     finally:
         redis_server.resume()
+
+
+async def test_the_first_call_after_a_restart_succeeds_on_a_pool_of_dead_connections(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    a, _, _ = replicas()
+    guard = a._backend_now().guard
+    assert guard.client is not None
+    await asyncio.gather(*(guard.client.ping() for _ in range(10)))  # ten pooled connections
+    redis_server.restart()  # every pooled connection is now dead
+    first = RequestContext()
+    await a.predict_for(["first after the restart"], first)
+    assert first.response_headers["x-cache"] == "miss" and a.stats.redis_errors == 0
+    assert a.stats.redis_misses == 1  # Redis answered the lookup, on a fresh connection

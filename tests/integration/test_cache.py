@@ -62,6 +62,7 @@ async def burst(url: str, text: str, n: int) -> list[httpx.Response]:
 
 def hit_on_another_replica(url: str, text: str, computed_on: str) -> httpx.Response:
     """Ask for ``text`` in small bursts until a replica other than ``computed_on`` answers."""
+    time.sleep(0.2)  # the write-back runs after the first response: let it land
     for _ in range(20):
         for response in asyncio.run(burst(url, text, 4)):
             assert response.status_code == 200, response.text

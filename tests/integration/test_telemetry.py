@@ -295,6 +295,15 @@ def monitoring(
             am.stop()
 
 
+def eventually(prom: Daemon, query: str, expected: dict[str, float], timeout_s: float) -> dict[str, float]:
+    """Poll ``query`` until it returns ``expected``; on timeout, fail showing what it returned."""
+    deadline = time.monotonic() + timeout_s
+    while (seen := promql(prom, query)) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert seen == expected, f"{query}: {seen} != {expected}"
+    return seen
+
+
 def promql(prom: Daemon, query: str) -> dict[str, float]:
     """Instant query; {label set as text: value}."""
     body = httpx.get(f"{prom.url}/api/v1/query", params={"query": query}, timeout=5).json()
@@ -326,9 +335,7 @@ def test_prometheus_sees_the_xz_series_with_the_right_counts(
     requests = (
         f'sum by (route, status) (ray_xz_http_requests_total{{application="{APP}",route="/v1/analyze"}})'
     )
-    seen = wait_for(
-        "request counts in Prometheus", lambda: promql(prom, requests) == expected and expected, 40
-    )
+    seen = eventually(prom, requests, expected, 40)
     print("PromQL", requests, "->", seen)
 
     latency = f'sum(ray_xz_http_request_duration_ms_count{{application="{APP}",route="/v1/analyze"}})'
@@ -338,7 +345,8 @@ def test_prometheus_sees_the_xz_series_with_the_right_counts(
 
     # Every text the model computed went through one batch; the histogram's sum counts them.
     texts = f'sum(ray_xz_replica_batch_size_texts_sum{{application="{APP}"}})'
-    wait_for("batch texts", lambda: promql(prom, texts) == {"": float(app.texts_computed)}, 20)
+    print("batch sizes by app:", promql(prom, "sum by (application) (ray_xz_replica_batch_size_texts_sum)"))
+    eventually(prom, texts, {"": float(app.texts_computed)}, 20)
     ok_calls = f'sum(ray_xz_replica_calls_total{{application="{APP}",outcome="ok"}})'
     assert promql(prom, ok_calls)[""] >= expected["route=/v1/analyze,status=200"]
     assert promql(prom, f'sum(ray_xz_replica_inference_duration_ms_count{{application="{APP}"}})')[""] > 0

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from xz_serve import __version__
+from xz_serve.access.admission import AdmissionMiddleware, max_in_flight
 from xz_serve.access.auth import install_access
 from xz_serve.access.deadline import DeadlineMiddleware
 from xz_serve.api import schemas
@@ -94,7 +95,8 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     nlu = predictor(client, settings)  # exact cache + coalescing unless settings.cache.enabled is off
     app.router.on_shutdown.append(nlu.close)
     install_access(app, settings)  # API keys, scopes, per-key limits on /v1/*; admin key routes
-    app.add_middleware(DeadlineMiddleware, api=api)  # outermost: the deadline counts from arrival
+    app.add_middleware(DeadlineMiddleware, api=api)  # the deadline counts from arrival
+    app.add_middleware(AdmissionMiddleware, limit=max_in_flight(settings))  # outermost: cheap refusals
 
     if settings.telemetry.enabled:  # added last = outermost: traces and measures every response
         app.add_middleware(TelemetryMiddleware, on_context=_bind_trace)

@@ -51,7 +51,7 @@ class CacheMetrics:
         self.stats = stats
         self.every_s = every_s
         self._clock = clock
-        self._last = 0.0
+        self._last = clock()
         self._seen = stats.snapshot()
         self.requests = Counter(
             "xz_cache_requests_total",

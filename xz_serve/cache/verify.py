@@ -32,7 +32,6 @@ def _words(text: str) -> tuple[str, ...]:
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:\.[a-z0-9]+)*[+#]*")
 _CAPITAL = re.compile(r"(?<![.?!]\s)(?<!^)\b[A-Z][A-Za-z0-9]*")
-_YEAR = re.compile(r"^(?:1[89]|20)\d\d$")
 _NUMBER_WORDS = {
     w: str(i)
     for i, w in enumerate(_words("zero one two three four five six seven eight nine ten eleven twelve"))
