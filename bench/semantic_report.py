@@ -169,7 +169,7 @@ def write_results(out: Path, grid: list[dict[str, Any]], meta: dict[str, Any]) -
         "",
         "## The verifier's fit",
         "",
-        f"Vetoes (numbers, opposites, negation, word order; verify.veto) refuse "
+        f"Vetoes (numbers, opposites, names, negation, word order; verify.veto) refuse "
         f"{meta['qqp_vetoed']['pairs']} QQP pairs, {meta['qqp_vetoed']['duplicates']} of them labelled "
         f"duplicate. The regression is fitted on the {fit['train_pairs']} remaining pairs with cosine >= "
         f"{fit['fit_min_cosine']} ({fit['train_duplicates']} duplicates), ridge {fit['l2']} on standardised "

@@ -21,8 +21,8 @@ class DialogSpec(BaseModel):
         Path("deployments/dialog/policy.yaml"),
         validate_default=True,
         description="YAML policy (reply per intent), validated at start: a bad file stops the replica "
-        "from starting rather than answering wrongly. A relative path is relative to the project root "
-        "(where deployments/ is), whatever the working directory of the process reading it.",
+        "from starting rather than answering wrongly. A relative path is resolved when settings are built "
+        "(the driver): against the working directory, else the project root (replicas run elsewhere).",
     )
     session_ttl_s: int = Field(
         7 * 86_400,
@@ -98,7 +98,10 @@ class DialogSpec(BaseModel):
     @field_validator("policy_path")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
-        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+        if path.is_absolute():
+            return path
+        here = path.resolve()  # the working directory (`serve run` from the project root, the image's /app)
+        return here if here.exists() else (PROJECT_ROOT / path).resolve()
 
     @model_validator(mode="after")
     def _upstreams_consistent(self) -> DialogSpec:
