@@ -41,6 +41,9 @@ def scale_url(serve_url: str) -> Iterator[str]:
         "look_back_period_s": 3,
     }
     args["api"] = args["api"] | {"request_timeout_s": 30}
+    # The load cycles through a fixed text set: with the cache on, repeats would be hits and the
+    # model load this test scales on would vanish after the first pass.
+    args["cache"] = {"enabled": False}
     serve.run(build_app(args), name=APP, route_prefix="/scale", blocking=False)
     url = f"{serve_url}/scale"
     wait_ready(url)

@@ -28,8 +28,9 @@ def split_url(serve_url: str) -> Iterator[str]:
 
 def test_fused_and_split_agree(serve_url: str, split_url: str) -> None:
     texts = ["how do i reset my pin", "i am so happy today", "what's the weather in paris"]
-    fused = httpx.post(f"{serve_url}/v1/analyze", json={"texts": texts}, timeout=30).json()
-    split = httpx.post(f"{split_url}/v1/analyze", json={"texts": texts}, timeout=30).json()
+    fresh = {"cache-control": "no-cache"}  # both computed by their own model, not read from the cache
+    fused = httpx.post(f"{serve_url}/v1/analyze", json={"texts": texts}, headers=fresh, timeout=30).json()
+    split = httpx.post(f"{split_url}/v1/analyze", json={"texts": texts}, headers=fresh, timeout=30).json()
     assert split["model"] == fused["model"]
     for a, b in zip(split["results"], fused["results"], strict=True):
         assert a["intent"]["label"] == b["intent"]["label"]
