@@ -126,13 +126,6 @@ class ApiSpec(_Spec):
         "batch.max_batch_size` (a request carries at least one text, so single-text traffic is "
         "bounded here and larger requests by the replica's text bound).",
     )
-    shed_loop_lag_ms: float | None = Field(
-        100.0,
-        gt=0,
-        description="Refuse new requests (503 + Retry-After) while the replica's event loop runs this "
-        "late: when HTTP work, not the model, saturates the node, the backlog waits unread in "
-        "front of the loop where no queue bound sees it. None: off.",
-    )
 
 
 class DeploymentSpec(_Spec):

@@ -96,8 +96,7 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     app.router.on_shutdown.append(nlu.close)
     install_access(app, settings)  # API keys, scopes, per-key limits on /v1/*; admin key routes
     app.add_middleware(DeadlineMiddleware, api=api)  # the deadline counts from arrival
-    lag = None if api.shed_loop_lag_ms is None else api.shed_loop_lag_ms / 1000
-    app.add_middleware(AdmissionMiddleware, limit=max_in_flight(settings), max_lag_s=lag)  # cheap refusals
+    app.add_middleware(AdmissionMiddleware, limit=max_in_flight(settings))  # before parsing: cheap refusals
 
     if settings.telemetry.enabled:  # added last = outermost: traces and measures every response
         app.add_middleware(TelemetryMiddleware, on_context=_bind_trace)
