@@ -358,10 +358,7 @@ def test_prometheus_sees_the_xz_series_with_the_right_counts(
 
     # Serve's own series, through the same agent: one healthy replica per deployment.
     healthy = f'sum by (deployment) (ray_serve_deployment_replica_healthy{{application="{APP}"}})'
-    assert wait_for("replica health", lambda: promql(prom, healthy), 20) == {
-        "deployment=ingress": 1.0,
-        "deployment=nlu": 1.0,
-    }
+    eventually(prom, healthy, {"deployment=ingress": 1.0, "deployment=nlu": 1.0}, 30)
 
 
 def test_a_failing_model_replica_fires_an_alert_delivered_by_alertmanager(
