@@ -1,0 +1,53 @@
+"""AdmissionMiddleware: past the bound a request gets an immediate JSON 503 with Retry-After,
+probes stay open, and a cancelled (disconnected) request frees its slot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from xz_serve.access.admission import AdmissionMiddleware, max_in_flight
+from xz_serve.settings import XzSettings
+
+
+class Gate:
+    """An ASGI app that answers 200 once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_bound_derives_from_the_batch() -> None:
+    assert max_in_flight(XzSettings(batch={"max_batch_size": 16, "queue_batches": 2})) == 32
+    assert max_in_flight(XzSettings(api={"max_in_flight": 5})) == 5
+
+
+async def test_excess_is_refused_at_once_and_slots_come_back() -> None:
+    inner = Gate()
+    app = AdmissionMiddleware(inner, limit=2)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        held = [asyncio.create_task(http.post("/v1/analyze")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert app.in_flight == 2
+        refused = await asyncio.wait_for(http.post("/v1/analyze"), 1)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "overloaded"
+        probe = asyncio.create_task(http.get("/readyz"))  # exempt: waits on the gate like the others
+        await asyncio.sleep(0.05)
+        assert not probe.done()
+        held[0].cancel()  # a client that goes away
+        await asyncio.gather(held[0], return_exceptions=True)
+        assert app.in_flight == 1
+        inner.release.set()
+        assert (await held[1]).status_code == 200 and (await probe).status_code == 200
+        assert app.in_flight == 0
+        assert (await http.post("/v1/analyze")).status_code == 200
