@@ -353,8 +353,10 @@ def test_prometheus_sees_the_xz_series_with_the_right_counts(
     )
     for histogram in ("ray_xz_replica_batch_size_texts_count", "ray_xz_replica_inference_duration_ms_count"):
         eventually(prom, f'sum({histogram}{{application="{APP}"}})', {"": float(batch_spans)}, 20)
-    depth = f'sum(ray_xz_replica_queue_depth_calls{{application="{APP}"}})'
-    assert promql(prom, depth) == {"": 0.0}  # nothing in flight now
+    # The queue depth gauge is exported (Ray sends a gauge when it was set since the last report,
+    # so look back a minute); its last value is 0: nothing is in flight between our requests.
+    depth = f'last_over_time(sum(ray_xz_replica_queue_depth_calls{{application="{APP}"}})[1m:1s])'
+    assert wait_for("queue depth series", lambda: promql(prom, depth), 20) == {"": 0.0}
 
     # Serve's own series, through the same agent: one healthy replica per deployment.
     healthy = f'sum by (deployment) (ray_serve_deployment_replica_healthy{{application="{APP}"}})'
