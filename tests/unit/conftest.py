@@ -1,3 +1,5 @@
+"""Fixtures shared by unit suites: the OpenAI stand-in server (a real HTTP subprocess)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
