@@ -8,6 +8,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -33,3 +35,16 @@ os.environ.update(ray_env())
 for _name in ("STATS", "METRICS"):
     os.environ.setdefault(f"RAY_SERVE_HAPROXY_{_name}_PORT", str(free_port()))
 os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))
+
+
+@pytest.fixture(autouse=True)
+def _no_xz_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that are not integration tests never read XZ_* settings from the environment.
+
+    The integration session exports the URLs of its redis-servers as XZ_CACHE__REDIS_URL /
+    XZ_STORE__REDIS_URL (the way production passes them); a unit test that ran after it would
+    otherwise share that cache and see other tests' entries.
+    """
+    if request.node.get_closest_marker("integration") is None:
+        for name in [n for n in os.environ if n.startswith("XZ_")]:
+            monkeypatch.delenv(name)

@@ -8,6 +8,7 @@ Prometheus scrapes Ray's metrics agent and evaluates deployments/monitoring/aler
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -356,7 +357,13 @@ def test_prometheus_sees_the_xz_series_with_the_right_counts(
     # The queue depth gauge is exported (Ray sends a gauge when it was set since the last report,
     # so look back a minute); its last value is 0: nothing is in flight between our requests.
     depth = f'last_over_time(sum(ray_xz_replica_queue_depth_calls{{application="{APP}"}})[1m:1s])'
-    assert wait_for("queue depth series", lambda: promql(prom, depth), 20) == {"": 0.0}
+
+    def depth_series() -> dict[str, float]:
+        # Keep the gauge fresh: Ray only reports a gauge that was set since its last report.
+        app.post("/v1/analyze", {"text": f"depth {uuid.uuid4().hex}"})
+        return promql(prom, depth)
+
+    assert wait_for("queue depth series", depth_series, 40, every_s=1.0) == {"": 0.0}
 
     # Serve's own series, through the same agent: one healthy replica per deployment.
     healthy = f'sum by (deployment) (ray_serve_deployment_replica_healthy{{application="{APP}"}})'
@@ -375,10 +382,17 @@ def test_a_failing_model_replica_fires_an_alert_delivered_by_alertmanager(
         if "SERVE_REPLICA" in a["name"] and f"{APP}#nlu" in a["name"]
     ]
     assert replicas, "the nlu replica's actor was not found"
-    for actor in replicas:  # the induced fault: the model replica dies
-        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+
+    def kill_model_replicas() -> None:
+        # The induced fault: the model replica dies, and so does each replacement Serve starts,
+        # so the outage lasts until the alert fires (a fast replacement could end it first).
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if "SERVE_REPLICA" in actor["name"] and f"{APP}#nlu" in actor["name"]:
+                with contextlib.suppress(ValueError):
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
 
     def fired() -> list[dict[str, Any]]:
+        kill_model_replicas()
         app.post(
             "/v1/analyze", {"text": f"are you there {uuid.uuid4().hex}"}, {"x-request-timeout-ms": "2000"}
         )
