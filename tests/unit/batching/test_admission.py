@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,17 +16,7 @@ from xz_serve.models.fake import FakeModel
 from xz_serve.settings import BatchSpec, ModelSpec
 from xz_serve.types import CallMeta
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def fresh_batch_queue() -> Iterator[None]:
-    """@serve.batch keeps one queue per decorated method, bound to the event loop that first used
-    it; each test module has its own loop, so start and leave this module with no queue."""
-    lazy = NluReplica._batched._get_max_batch_size.__self__  # type: ignore[attr-defined]
-    lazy._queue = None
-    yield
-    lazy._queue = None
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("fresh_batch_queue")]
 
 
 class SlowModel(FakeModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -18,17 +17,7 @@ from xz_serve.telemetry.propagation import inject
 from xz_serve.types import CallMeta
 
 # @serve.batch binds its queue to the loop that first used it (one loop per replica process in Serve).
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def fresh_batch_queue() -> Iterator[None]:
-    """@serve.batch keeps one queue per decorated method, bound to the event loop that first used
-    it; each test module has its own loop, so start and leave this module with no queue."""
-    lazy = NluReplica._batched._get_max_batch_size.__self__  # type: ignore[attr-defined]
-    lazy._queue = None
-    yield
-    lazy._queue = None
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("fresh_batch_queue")]
 
 
 @pytest.fixture(autouse=True)
