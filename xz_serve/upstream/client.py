@@ -16,7 +16,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -25,6 +25,7 @@ from xz_serve.upstream.spec import PriceSpec, UpstreamSpec
 from xz_serve.upstream.tokens import estimate_prompt_tokens, estimate_text_tokens
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -307,20 +308,17 @@ class UpstreamPool:
         return {u.spec.name: u.breaker.state for u in self.upstreams}
 
     async def complete(self, messages: Messages, max_tokens: int | None = None) -> Completion:
-        errors: list[UpstreamError] = []
-        for upstream in self.order():
-            try:
-                return await upstream.complete(messages, max_tokens)
-            except UpstreamError as exc:
-                log.warning("upstream failed: %s", exc)
-                errors.append(exc)
-        raise NoUpstreamError(errors)
+        return await self._failover(lambda u: u.complete(messages, max_tokens))
 
     async def stream(self, messages: Messages, max_tokens: int | None = None) -> ReplyStream:
+        return await self._failover(lambda u: u.stream(messages, max_tokens))
+
+    async def _failover(self, call: Callable[[Upstream], Awaitable[T]]) -> T:
+        """The first answer in ``order()``; every upstream's failure when none answers."""
         errors: list[UpstreamError] = []
         for upstream in self.order():
             try:
-                return await upstream.stream(messages, max_tokens)
+                return await call(upstream)
             except UpstreamError as exc:
                 log.warning("upstream failed: %s", exc)
                 errors.append(exc)
