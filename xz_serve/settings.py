@@ -126,13 +126,6 @@ class ApiSpec(_Spec):
         "batch.max_batch_size` (a request carries at least one text, so single-text traffic is "
         "bounded here and larger requests by the replica's text bound).",
     )
-    max_loop_lag_ms: float | None = Field(
-        30.0,
-        gt=0,
-        description="Refuse new requests (503 + Retry-After) while the replica's event loop has run "
-        "more than this many ms behind for a whole 100 ms window: requests are then waiting in "
-        "front of the app, where `max_in_flight` cannot see them. None turns it off.",
-    )
 
 
 class DeploymentSpec(_Spec):

@@ -109,6 +109,10 @@ def test_three_times_saturation_sheds_load_cleanly(overload_url: str, bodies: Pa
     assert over["rps"] >= 0.9 * sat_rps, over
     assert over["ok_rps"] >= 0.5 * sat_rps, over  # overload does not collapse throughput
     if ratio > 3:
-        # Measured 13-24x here (2 shared cores): the backlog forms in front of the replica's Python
-        # HTTP server, before any in-app bound (in-flight requests, pending texts) can see it.
+        # Measured 5.4-9.3x here (2 cores shared by wrk, HAProxy and the replica). Admitted requests
+        # wait about two batches, and the batches get slower: each refusal costs HAProxy, HTTP and
+        # Serve CPU on the same cores (served rate falls from ~272 to ~195 req/s under ~600
+        # refusals/s). Tried and dropped (README, "Overload"): shedding on event-loop lag (never
+        # triggered), a replica-side latency bound (refusals after parsing cost more) and an AIMD
+        # in-flight limit (a closed-loop retry storm collapsed it to 40 req/s).
         pytest.xfail(f"admitted P99 is {ratio:.1f}x the half-load P99 (target <= 3x)")

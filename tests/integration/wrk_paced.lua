@@ -5,7 +5,8 @@
 -- done() prints one line "WRK_JSON {...}": counts per status, latency of the 200s (measured here,
 -- per request), and how many refusals lacked Retry-After or a JSON error body.
 --
--- Env: WRK_TEXTS (a Lua file returning a list of JSON bodies), WRK_PATH, WRK_INTERVAL_MS.
+-- Env: WRK_TEXTS (a Lua file returning a list of JSON bodies), WRK_PATH (appended to the URL's
+-- path, the app's route prefix; wrk.format alone would drop it), WRK_INTERVAL_MS.
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -19,7 +20,7 @@ local function now_ms()
 end
 
 local bodies = dofile(os.getenv("WRK_TEXTS"))
-local path = os.getenv("WRK_PATH") or "/v1/analyze"
+local path = string.gsub(wrk.path or "", "/$", "") .. (os.getenv("WRK_PATH") or "/v1/analyze")
 local interval = tonumber(os.getenv("WRK_INTERVAL_MS") or "0")
 local headers = { ["Content-Type"] = "application/json" }
 

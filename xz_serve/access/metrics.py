@@ -21,9 +21,3 @@ STORE_ERRORS = Counter(
     "by operation (key_lookup, limit); limits then fail open or closed per access.limits_fail_mode.",
     tag_keys=("op",),
 )
-SHED = Counter(
-    "xz_access_shed_total",
-    description="Requests refused with 503 by the admission stage, by reason (in_flight: the "
-    "replica's request bound; loop_lag: its event loop ran behind for a whole window).",
-    tag_keys=("reason",),
-)

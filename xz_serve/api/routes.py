@@ -96,9 +96,7 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     app.router.on_shutdown.append(nlu.close)
     install_access(app, settings)  # API keys, scopes, per-key limits on /v1/*; admin key routes
     app.add_middleware(DeadlineMiddleware, api=api)  # the deadline counts from arrival
-    app.add_middleware(  # before parsing: cheap refusals
-        AdmissionMiddleware, limit=max_in_flight(settings), max_loop_lag_ms=api.max_loop_lag_ms
-    )
+    app.add_middleware(AdmissionMiddleware, limit=max_in_flight(settings))  # before parsing: cheap refusals
 
     if settings.telemetry.enabled:  # added last = outermost: traces and measures every response
         app.add_middleware(TelemetryMiddleware, on_context=_bind_trace)

@@ -4,13 +4,11 @@ probes stay open, and a cancelled (disconnected) request frees its slot."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 from starlette.types import Receive, Scope, Send
 
 from xz_serve.access.admission import AdmissionMiddleware, max_in_flight
-from xz_serve.access.loop_lag import LoopLag
 from xz_serve.settings import XzSettings
 
 
@@ -53,32 +51,3 @@ async def test_excess_is_refused_at_once_and_slots_come_back() -> None:
         assert (await held[1]).status_code == 200 and (await probe).status_code == 200
         assert app.in_flight == 0
         assert (await http.post("/v1/analyze")).status_code == 200
-
-
-async def test_a_standing_loop_lag_sheds_and_a_caught_up_loop_admits_again() -> None:
-    gate = Gate()
-    gate.release.set()
-    app = AdmissionMiddleware(gate, limit=100, max_loop_lag_ms=20)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        assert (await http.post("/v1/analyze")).status_code == 200  # starts the probe
-        await asyncio.sleep(0.15)
-        assert app.lag is not None and app.lag.standing_ms() < 20
-        time.sleep(0.15)  # the loop is blocked: every probe of the window is late
-        refused = await http.post("/v1/analyze")
-        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-        assert "behind" in refused.json()["error"]["message"]
-        assert (await http.get("/readyz")).status_code == 200  # probes are exempt
-        await asyncio.sleep(0.2)  # a window of punctual probes
-        assert (await http.post("/v1/analyze")).status_code == 200
-        await app.lag.stop()
-
-
-async def test_one_slow_callback_does_not_shed() -> None:
-    lag = LoopLag(period_s=0.005, window_s=0.1)
-    lag.ensure_running()
-    await asyncio.sleep(0.12)
-    time.sleep(0.04)  # one 40 ms stall: one late probe among punctual ones
-    await asyncio.sleep(0.03)
-    assert lag.standing_ms() < 5
-    await lag.stop()
