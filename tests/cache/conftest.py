@@ -27,7 +27,9 @@ def redis_server() -> Iterator[RedisServer]:
 async def make_spec(redis_server: RedisServer) -> AsyncIterator[Callable[..., CacheSpec]]:
     def make(**overrides: object) -> CacheSpec:
         args: dict[str, object] = {
-            "redis_url": redis_server.url, "timeout_ms": 100, "backoff_ms": 200, **overrides
+            # 500 ms: a busy CI machine (Ray tearing down beside) once took over 100 ms to answer
+            # a local MGET, and the cache then rightly served a miss. Tests of timeouts set their own.
+            "redis_url": redis_server.url, "timeout_ms": 500, "backoff_ms": 200, **overrides
         }  # fmt: skip
         return CacheSpec(**args)  # type: ignore[arg-type]
 

@@ -27,7 +27,7 @@ from xz_serve.access import metrics
 from xz_serve.access.keys import ApiKey, KeyStore, MemoryKeyStore, RedisKeyStore, parse_key
 from xz_serve.access.ratelimit import Decision, Kind, Limiter, MemoryLimiter, RedisLimiter
 from xz_serve.access.spec import AccessSpec
-from xz_serve.api.context import RequestContext, get_context
+from xz_serve.api.context import RequestContext, context_of
 from xz_serve.api.errors import error_response
 from xz_serve.cache.guard import RedisGuard
 from xz_serve.errors import NotReadyError, PayloadTooLargeError, RateLimitedError, XzError
@@ -287,7 +287,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        ctx = get_context(request)
+        ctx = context_of(request)
         verdict = await self.gate.authenticate(request.headers.get("authorization"), path)
         if verdict.key is None:
             await self._respond(scope, receive, send, verdict.status, verdict.code, verdict.message,

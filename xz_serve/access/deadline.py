@@ -13,7 +13,7 @@ import time
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from xz_serve.api.context import get_context
+from xz_serve.api.context import context_of
 from xz_serve.api.errors import error_response
 from xz_serve.errors import DeadlineExceededError, InvalidInputError
 from xz_serve.settings import ApiSpec
@@ -71,5 +71,5 @@ class DeadlineMiddleware:
         except InvalidInputError as exc:
             await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
             return
-        get_context(request).deadline = time.time() + timeout_s
+        context_of(request).deadline = time.time() + timeout_s
         await self.app(scope, receive, send)

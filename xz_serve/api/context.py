@@ -44,13 +44,22 @@ class RequestContext:
         return CallMeta(deadline=self.deadline, carrier=dict(self.carrier))
 
 
-def get_context(request: Request) -> RequestContext:
-    """FastAPI dependency: this request's context, created on first use."""
+def context_of(request: Request) -> RequestContext:
+    """This request's context, created on first use (by a middleware or the route)."""
     ctx: RequestContext | None = getattr(request.state, "xz", None)
     if ctx is None:
         ctx = RequestContext()
         request.state.xz = ctx
     return ctx
+
+
+async def get_context(request: Request) -> RequestContext:
+    """FastAPI dependency for ``context_of``.
+
+    ``async`` although it never awaits: FastAPI runs a plain ``def`` dependency in a thread pool,
+    and that hop cost about 8% of a cache hit's time on the replica (py-spy).
+    """
+    return context_of(request)
 
 
 Ctx = Annotated[RequestContext, Depends(get_context)]

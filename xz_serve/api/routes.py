@@ -21,7 +21,7 @@ from xz_serve.api.cache_control import apply_cache_control
 from xz_serve.api.cached_client import predictor
 from xz_serve.api.chat import chat_router
 from xz_serve.api.client import NluClient
-from xz_serve.api.context import Ctx, RequestContext, get_context
+from xz_serve.api.context import Ctx, RequestContext, context_of
 from xz_serve.api.errors import BodyLimitMiddleware, install_error_handlers
 from xz_serve.api.validation import request_texts
 from xz_serve.dialog.service import build_dialog
@@ -70,7 +70,7 @@ def _sentiment(pred: TextPrediction) -> dict[str, Any]:
 
 def _bind_trace(scope: Scope, carrier: dict[str, str]) -> None:
     """The request's server span becomes the parent of everything downstream (cache, replicas)."""
-    get_context(Request(scope)).carrier = carrier
+    context_of(Request(scope)).carrier = carrier
 
 
 def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
