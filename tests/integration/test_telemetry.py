@@ -368,9 +368,8 @@ def test_prometheus_sees_the_xz_series_with_the_right_counts(
     # Serve's own series, through the same agent: one healthy replica per deployment. Ray's agent
     # drops a gauge series between refreshes of its emitter, so an instant query can catch one
     # deployment's series in a gap (seen in CI); the alert rules look back a minute, and so does this.
-    healthy = (
-        f'sum by (deployment) (max_over_time(ray_serve_deployment_replica_healthy{{application="{APP}"}}[1m]))'
-    )
+    gauge = f'ray_serve_deployment_replica_healthy{{application="{APP}"}}'
+    healthy = f"sum by (deployment) (max_over_time({gauge}[1m]))"
     eventually(prom, healthy, {"deployment=ingress": 1.0, "deployment=nlu": 1.0}, 30)
 
 
