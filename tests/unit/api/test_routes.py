@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -170,3 +172,21 @@ async def test_health_models_and_openapi(client: httpx.AsyncClient) -> None:
     for route in ("/v1/analyze", "/v1/intent", "/v1/sentiment", "/v1/embeddings", "/v1/models",
                   "/healthz", "/readyz"):
         assert route in paths
+
+
+def test_no_route_or_dependency_runs_in_a_thread_pool(fake: FakeNluClient) -> None:
+    """FastAPI runs a plain ``def`` route or dependency in a thread pool: a hop per request that
+    once cost a third of a cache hit's time. Everything on the request path must be ``async``."""
+    from fastapi.routing import APIRoute
+
+    def sync_calls(dependant: Any) -> list[str]:
+        found = [] if dependant.call is None or inspect.iscoroutinefunction(dependant.call) else [
+            getattr(dependant.call, "__qualname__", repr(dependant.call))
+        ]
+        return found + [name for sub in dependant.dependencies for name in sync_calls(sub)]
+
+    app = create_api(fake, SETTINGS)
+    routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    assert len(routes) > 5
+    offenders = {r.path: sync_calls(r.dependant) for r in routes}
+    assert {path: calls for path, calls in offenders.items() if calls} == {}
