@@ -89,3 +89,10 @@ class NotFoundError(XzError):
 
     status = 404
     code = "not_found"
+
+
+class ConflictError(XzError):
+    """The resource is busy with another request (e.g. a session mid-turn): retry shortly."""
+
+    status = 409
+    code = "conflict"

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from xz_serve.api.context import Ctx, RequestContext
+from xz_serve.api.schemas import ErrorResponse
 from xz_serve.dialog.service import ChatTurn, DialogService
 from xz_serve.dialog.sessions import SESSION_ID
 from xz_serve.errors import InvalidInputError
@@ -68,25 +69,30 @@ def chat_router(service: DialogService) -> APIRouter:
     router = APIRouter(tags=["chat"])
 
     async def events(turn: ChatTurn, ctx: RequestContext) -> AsyncIterator[bytes]:
-        yield _sse({"type": "meta", **turn.meta()})
-        if turn.stream is None:
-            yield _sse({"type": "delta", "content": turn.reply})
-        else:
-            parts: list[str] = []
-            try:
-                async for delta in turn.stream.deltas():
-                    parts.append(delta)
-                    yield _sse({"type": "delta", "content": delta})
-            except UpstreamError as exc:
-                log.warning("stream interrupted: %s", exc)
-                turn.flags.append("stream_interrupted")
-            turn.reply = "".join(parts)
-        await service.finish(turn, ctx)
+        try:
+            yield _sse({"type": "meta", **turn.meta()})
+            if turn.stream is None:
+                yield _sse({"type": "delta", "content": turn.reply})
+            else:
+                parts: list[str] = []
+                try:
+                    async for delta in turn.stream.deltas():
+                        parts.append(delta)
+                        yield _sse({"type": "delta", "content": delta})
+                except UpstreamError as exc:
+                    log.warning("stream interrupted: %s", exc)
+                    turn.flags.append("stream_interrupted")
+                turn.reply = "".join(parts)
+            await service.finish(turn, ctx)
+        finally:  # a client that leaves mid-stream must not keep its session locked
+            await service.release(turn)
         done = turn.body()
         yield _sse({"type": "done", **{k: done[k] for k in ("reply", "policy", "flags", "usage", "cache")}})
         yield _sse("[DONE]")
 
-    @router.post("/v1/chat", response_model=ChatResponse)
+    busy = {"model": ErrorResponse, "description": "The session is answering another message: `session_busy`"}
+
+    @router.post("/v1/chat", response_model=ChatResponse, responses={409: busy})
     async def chat(request: ChatRequest, ctx: Ctx) -> Response:
         """One conversation turn: NLU (one encoder pass), policy decision, reply; the session is updated."""
         session_id = None if request.session_id is None else _check_id(request.session_id)

@@ -28,9 +28,16 @@ from xz_serve.cache.keys import semantic_namespace
 from xz_serve.cache.semantic import SemanticCache
 from xz_serve.dialog.metrics import DialogMetrics
 from xz_serve.dialog.policy import OOS, Policy, Rule, load_policy
-from xz_serve.dialog.sessions import Session, SessionNotFoundError, SessionStore, Turn, open_store
+from xz_serve.dialog.sessions import (
+    Session,
+    SessionNotFoundError,
+    SessionStore,
+    StoreUnavailableError,
+    Turn,
+    open_store,
+)
 from xz_serve.dialog.spec import DialogSpec
-from xz_serve.errors import InvalidInputError, PayloadTooLargeError
+from xz_serve.errors import ConflictError, InvalidInputError, PayloadTooLargeError
 from xz_serve.settings import XzSettings
 from xz_serve.types import PredictResult
 from xz_serve.upstream.client import Completion, NoUpstreamError, ReplyStream, UpstreamPool
@@ -79,6 +86,7 @@ class ChatTurn:
     cache_similarity: float | None = None
     cacheable: bool = False
     started: float = field(default_factory=time.perf_counter)
+    lock_token: str | None = None  # the session's turn lock, held until the turn is saved
 
     def meta(self) -> dict[str, Any]:
         """Everything about the turn except the reply text (first SSE event, and part of the body)."""
@@ -188,19 +196,43 @@ class DialogService:
         if len(message) > self.spec.max_message_chars:
             raise PayloadTooLargeError(f"message exceeds {self.spec.max_message_chars} characters")
         with tracer.start_as_current_span("xz.dialog.turn") as span:
-            if session_id is None:
-                session, new = Session.new(ctx.tenant), True
-            else:
-                session, new = await self.get_session(ctx.tenant, session_id), False
-            await ctx.charge_texts(1)
-            nlu = self._understand(await self.predict([message], ctx))
-            session.record_sentiment(nlu.sentiment)
-            rule = self.policy.rule_for(nlu.intent)
-            turn = ChatTurn(session, new, message, nlu, rule, "template")
-            await self._decide(turn, ctx, stream)
+            new = session_id is None
+            session = Session.new(ctx.tenant) if session_id is None else None
+            sid = session.id if session is not None else str(session_id)
+            token = await self.store.lock(ctx.tenant, sid, self.spec.turn_lock_s)
+            if token is None:
+                raise ConflictError(
+                    f"session {sid!r} is answering another message; send the next one after it",
+                    code="session_busy",
+                    retry_after_s=1,
+                )
+            try:
+                if session is None:
+                    session = await self.get_session(ctx.tenant, sid)
+                await ctx.charge_texts(1)
+                nlu = self._understand(await self.predict([message], ctx))
+                session.record_sentiment(nlu.sentiment)
+                rule = self.policy.rule_for(nlu.intent)
+                turn = ChatTurn(session, new, message, nlu, rule, "template", lock_token=token)
+                await self._decide(turn, ctx, stream)
+            except BaseException:
+                await self._unlock(ctx.tenant, sid, token)
+                raise
             span.set_attribute("xz.dialog.policy", turn.policy)
             span.set_attribute("xz.dialog.intent", nlu.intent)
             return turn
+
+    async def release(self, turn: ChatTurn) -> None:
+        """Free the turn's session lock (idempotent): after the save, or when a stream is abandoned."""
+        token, turn.lock_token = turn.lock_token, None
+        if token is not None:
+            await self._unlock(turn.session.tenant, turn.session.id, token)
+
+    async def _unlock(self, tenant: str, session_id: str, token: str) -> None:
+        try:
+            await self.store.unlock(tenant, session_id, token)
+        except StoreUnavailableError:  # the lock expires by itself after dialog.turn_lock_s
+            log.warning("could not release the lock of session %s; it expires by itself", session_id)
 
     async def _decide(self, turn: ChatTurn, ctx: RequestContext, stream: bool) -> None:
         session, rule = turn.session, turn.rule
@@ -263,7 +295,14 @@ class DialogService:
         turn.flags.append(why)
 
     async def finish(self, turn: ChatTurn, ctx: RequestContext) -> None:
-        """Record the reply: usage counters, reply cache, both turns into the session (saved)."""
+        """Record the reply: usage counters, reply cache, both turns into the session (saved); then
+        release the session's turn lock, whatever happened."""
+        try:
+            await self._record(turn, ctx)
+        finally:
+            await self.release(turn)
+
+    async def _record(self, turn: ChatTurn, ctx: RequestContext) -> None:
         if turn.stream is not None and turn.stream.completion is not None:
             turn.completion = turn.stream.completion
         session, now = turn.session, time.time()

@@ -104,11 +104,30 @@ class SessionStore(Protocol):
     async def get(self, tenant: str, session_id: str) -> Session | None: ...
     async def save(self, session: Session) -> None: ...
     async def delete(self, tenant: str, session_id: str) -> bool: ...
+    async def lock(self, tenant: str, session_id: str, ttl_s: float) -> str | None:
+        """Take the session's turn lock: a token to unlock with, or None if another turn holds it."""
+        ...
+
+    async def unlock(self, tenant: str, session_id: str, token: str) -> None:
+        """Release the lock if ``token`` still holds it (an expired lock may have a new holder)."""
+        ...
+
     async def close(self) -> None: ...
 
 
 def session_key(tenant: str, session_id: str) -> str:
     return f"xz:v1:session:{tenant}:{session_id}"
+
+
+def lock_key(tenant: str, session_id: str) -> str:
+    return f"xz:v1:session-lock:{tenant}:{session_id}"
+
+
+# Delete the lock only if it still holds our token: compare and delete in one step.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class RedisSessionStore:
@@ -146,6 +165,15 @@ class RedisSessionStore:
         removed = await self._call(lambda: self.client.delete(session_key(tenant, session_id)), "delete")
         return bool(removed)
 
+    async def lock(self, tenant: str, session_id: str, ttl_s: float) -> str | None:
+        token, key, ms = secrets.token_hex(8), lock_key(tenant, session_id), max(1, int(ttl_s * 1000))
+        taken = await self._call(lambda: self.client.set(key, token, nx=True, px=ms), "lock")
+        return token if taken else None
+
+    async def unlock(self, tenant: str, session_id: str, token: str) -> None:
+        key = lock_key(tenant, session_id)
+        await self._call(lambda: self.client.eval(UNLOCK, 1, key, token), "unlock")  # type: ignore[misc]
+
     async def close(self) -> None:
         await self.client.aclose()
 
@@ -157,6 +185,7 @@ class MemorySessionStore:
         self.ttl_s = ttl_s
         self._clock = clock
         self._data: dict[str, tuple[float, str]] = {}
+        self._locks: dict[str, tuple[float, str]] = {}  # key -> (expires, token)
 
     async def get(self, tenant: str, session_id: str) -> Session | None:
         item = self._data.get(session_key(tenant, session_id))
@@ -170,6 +199,20 @@ class MemorySessionStore:
 
     async def delete(self, tenant: str, session_id: str) -> bool:
         return self._data.pop(session_key(tenant, session_id), None) is not None
+
+    async def lock(self, tenant: str, session_id: str, ttl_s: float) -> str | None:
+        key, now = lock_key(tenant, session_id), self._clock()
+        held = self._locks.get(key)
+        if held is not None and held[0] > now:
+            return None
+        token = secrets.token_hex(8)
+        self._locks[key] = (now + ttl_s, token)
+        return token
+
+    async def unlock(self, tenant: str, session_id: str, token: str) -> None:
+        key = lock_key(tenant, session_id)
+        if self._locks.get(key, (0.0, ""))[1] == token:
+            del self._locks[key]
 
     async def close(self) -> None:
         self._data.clear()

@@ -94,6 +94,16 @@ class DialogSpec(BaseModel):
         description="Longest a session read or write may take; slower answers 503 (a session is "
         "user data: it is never silently dropped the way a cache entry may be).",
     )
+    turn_lock_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="A session takes one turn at a time: a turn holds the session's lock (in the "
+        "store Redis, so across replicas) from reading the session to saving it, and a concurrent "
+        "turn gets 409 `session_busy` + Retry-After instead of silently overwriting it. The lock "
+        "expires after this long if its holder died; keep it above the longest turn (upstream "
+        "timeouts and retries included).",
+    )
 
     @field_validator("policy_path")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from xz_serve.dialog.policy import load_policy
 from xz_serve.dialog.service import DialogService
 from xz_serve.dialog.sessions import MemorySessionStore, SessionNotFoundError
 from xz_serve.dialog.spec import DialogSpec
-from xz_serve.errors import InvalidInputError, PayloadTooLargeError
+from xz_serve.errors import ConflictError, InvalidInputError, PayloadTooLargeError, RateLimitedError
 from xz_serve.upstream.client import Upstream, UpstreamPool
 from xz_serve.upstream.spec import UpstreamSpec
 
@@ -198,3 +199,36 @@ async def test_bad_input_and_unknown_sessions() -> None:
     await service.delete_session("a", turn.session.id)
     with pytest.raises(SessionNotFoundError):
         await service.delete_session("a", turn.session.id)
+
+
+async def test_a_session_answers_one_turn_at_a_time(standin: StandinServer) -> None:
+    service, _ = make(pool_for(standin))
+    ctx = RequestContext()
+    first = await service.chat("send money to mom", None, ctx)
+    standin.faults(latency_ms=300)  # the upstream is slow: the turns overlap
+    outcomes = await asyncio.gather(
+        service.chat("and to dad", first.session.id, ctx),
+        service.chat("send money to mom", first.session.id, ctx),
+        return_exceptions=True,
+    )
+    busy = [o for o in outcomes if isinstance(o, ConflictError)]
+    assert len(busy) == 1 and busy[0].code == "session_busy" and busy[0].retry_after_s == 1
+    session = await service.get_session(ctx.tenant, first.session.id)
+    assert len(session.turns) == 4  # both turns of the one that ran; none overwritten
+    standin.faults(latency_ms=0)
+    await service.chat("and to dad", first.session.id, ctx)  # the lock was released
+    assert len((await service.get_session(ctx.tenant, first.session.id)).turns) == 6
+
+
+async def test_a_failed_or_abandoned_turn_releases_the_session() -> None:
+    service, _ = make()
+    first = await service.chat("hello", None, RequestContext())
+
+    async def refuse(_: int) -> None:
+        raise RateLimitedError("no texts left", retry_after_s=5)
+
+    with pytest.raises(RateLimitedError):
+        await service.chat("hello", first.session.id, RequestContext(text_meter=refuse))
+    turn = await service.begin("hello", first.session.id, RequestContext(), stream=True)
+    await service.release(turn)  # what the SSE route does when the client leaves mid-stream
+    assert (await service.chat("ok thanks", first.session.id, RequestContext())).policy == "template"

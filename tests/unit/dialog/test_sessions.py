@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -106,3 +107,33 @@ async def test_memory_store_expires() -> None:
     assert await store.get("acme", session.id) == session
     now[0] += 61
     assert await store.get("acme", session.id) is None
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+async def test_turn_lock_is_exclusive_owned_and_expires(store_server: RedisServer, kind: str) -> None:
+    now = [1000.0]
+    store: RedisSessionStore | MemorySessionStore
+    if kind == "redis":
+        store = RedisSessionStore.from_url(store_server.url, ttl_s=600, timeout_s=1.0)
+    else:
+        store = MemorySessionStore(ttl_s=600, clock=lambda: now[0])
+    try:
+        token = await store.lock("acme", "s1", ttl_s=0.3)
+        assert token is not None
+        assert await store.lock("acme", "s1", ttl_s=0.3) is None  # held
+        assert await store.lock("other", "s1", ttl_s=0.3) is not None  # per tenant
+        await store.unlock("acme", "s1", "not-the-token")  # someone else's unlock does nothing
+        assert await store.lock("acme", "s1", ttl_s=0.3) is None
+        await store.unlock("acme", "s1", token)
+        late = await store.lock("acme", "s1", ttl_s=0.3)
+        assert late is not None
+        if kind == "redis":
+            await asyncio.sleep(0.45)
+        else:
+            now[0] += 0.45
+        again = await store.lock("acme", "s1", ttl_s=0.3)  # a dead holder's lock expires
+        assert again is not None
+        await store.unlock("acme", "s1", late)  # the expired holder cannot free the new one
+        assert await store.lock("acme", "s1", ttl_s=0.3) is None
+    finally:
+        await store.close()
