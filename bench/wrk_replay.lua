@@ -7,16 +7,8 @@
 -- Env: WRK_TEXTS (a Lua file returning the list of JSON bodies), WRK_OUT, WRK_PATH (appended to
 -- the URL's path), WRK_BYPASS (non-empty: send Cache-Control: no-cache, no-store).
 
-local ffi = require("ffi")
-ffi.cdef [[
-typedef struct { long sec; long nsec; } xz_replay_timespec;
-int clock_gettime(int clock_id, xz_replay_timespec *tp);
-]]
-local clock = ffi.new("xz_replay_timespec")
-local function now_ms()
-  ffi.C.clock_gettime(1, clock) -- CLOCK_MONOTONIC
-  return tonumber(clock.sec) * 1000 + tonumber(clock.nsec) / 1e6
-end
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local now_ms = dofile(here .. "wrk_clock.lua")
 
 local bodies = dofile(os.getenv("WRK_TEXTS"))
 local path = string.gsub(wrk.path or "", "/$", "") .. (os.getenv("WRK_PATH") or "/v1/analyze")

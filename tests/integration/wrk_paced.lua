@@ -8,16 +8,8 @@
 -- Env: WRK_TEXTS (a Lua file returning a list of JSON bodies), WRK_PATH (appended to the URL's
 -- path, the app's route prefix; wrk.format alone would drop it), WRK_INTERVAL_MS.
 
-local ffi = require("ffi")
-ffi.cdef [[
-typedef struct { long sec; long nsec; } xz_timespec;
-int clock_gettime(int clock_id, xz_timespec *tp);
-]]
-local clock = ffi.new("xz_timespec")
-local function now_ms()
-  ffi.C.clock_gettime(1, clock) -- CLOCK_MONOTONIC
-  return tonumber(clock.sec) * 1000 + tonumber(clock.nsec) / 1e6
-end
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local now_ms = dofile(here .. "../../bench/wrk_clock.lua")
 
 local bodies = dofile(os.getenv("WRK_TEXTS"))
 local path = string.gsub(wrk.path or "", "/$", "") .. (os.getenv("WRK_PATH") or "/v1/analyze")
