@@ -212,11 +212,15 @@ def test_a_batch_span_links_every_request_it_served(app: TrackedClient, otlp: Ot
             continue
     assert batch is not None, "24 concurrent requests never shared a batch"
 
-    calls = {(s.trace_id, s.span_id): s for s in otlp.spans() if s.name == "xz.replica.predict"}
+    def call_spans() -> dict[tuple[str, str], ReceivedSpan]:
+        return {(s.trace_id, s.span_id): s for s in otlp.spans() if s.name == "xz.replica.predict"}
+
+    # A call span ends after its batch span, so it may reach the receiver in a later export: read
+    # the received spans afresh on every poll (a snapshot taken once made this flaky in CI).
     linked = wait_for(
-        "linked request spans", lambda: all(k in calls for k in batch.links) and batch.links, 10
+        "linked request spans", lambda: all(k in call_spans() for k in batch.links) and batch.links, 10
     )
-    calls = {(s.trace_id, s.span_id): s for s in otlp.spans() if s.name == "xz.replica.predict"}
+    calls = call_spans()
     n = len(linked)
     assert n == batch.attributes["xz.batch.calls"]
     assert len({trace for trace, _ in linked}) == n, "each link is a different request's trace"
