@@ -353,11 +353,19 @@ def test_prometheus_sees_the_xz_series_with_the_right_counts(
     # observation of the batch-size and inference histograms and one exported batch span.
     ok_calls = f'sum(ray_xz_replica_calls_total{{application="{APP}",outcome="ok"}})'
     eventually(prom, ok_calls, {"": float(app.model_calls)}, 20)
-    batch_spans = wait_for(
-        "all batch spans", lambda: len([s for s in otlp.spans() if s.name == "xz.replica.batch"]), 5
-    )
+
+    def batch_spans() -> int:
+        return len([s for s in otlp.spans() if s.name == "xz.replica.batch"])
+
+    # Spans and metrics arrive on their own schedules: compare the two live counts until they agree.
     for histogram in ("ray_xz_replica_batch_size_texts_count", "ray_xz_replica_inference_duration_ms_count"):
-        eventually(prom, f'sum({histogram}{{application="{APP}"}})', {"": float(batch_spans)}, 20)
+        query = f'sum({histogram}{{application="{APP}"}})'
+        agreed = wait_for(
+            f"{histogram} equal to the exported batch spans",
+            lambda q=query: (n := batch_spans()) > 0 and promql(prom, q) == {"": float(n)} and n,
+            timeout_s=30,
+        )
+        print(f"{histogram}: {agreed} observations = {agreed} batch spans")
     # The queue depth gauge is exported (Ray sends a gauge when it was set since the last report,
     # so look back a minute); its last value is 0: nothing is in flight between our requests.
     depth = f'last_over_time(sum(ray_xz_replica_queue_depth_calls{{application="{APP}"}})[1m:1s])'
