@@ -176,6 +176,9 @@ def test_redis_kill_fails_nothing_and_recovers(
     assert result["cache_keys_after_restart"] > 0, "the cache did not come back after the restart"
 
 
+HAPROXY_ERROR_BODY = "Internal Server Error"  # Ray's errorfile for HAProxy's 502/503/504
+
+
 def test_stopping_replica_drains_in_flight_requests(faults_url: str, key: dict[str, str]) -> None:
     from ray import serve
 
@@ -194,10 +197,13 @@ def test_stopping_replica_drains_in_flight_requests(faults_url: str, key: dict[s
     wait_ready(faults_url)
     assert result["running_replicas_after"] == 1, result
     assert result["requests"] > 100, result
-    # No request got an error answer from the app while the replica drained. A connection closed
-    # without any answer (status 0) can happen when HAProxy reloads its config for the new replica
-    # set and a keep-alive connection is reused at that moment: counted, bounded, reported.
-    answered_errors = [d for d in done if d[1] not in (0, 200)]
-    resets = [d for d in done if d[1] == 0]
+    # No request got an error answer from the app while the replica drained (the app's errors are
+    # JSON). When HAProxy reloads its config for the new replica set, a request on a keep-alive
+    # connection at that moment can be cut: it sees a closed connection (status 0) or HAProxy's own
+    # 502, which Ray's template rewrites to a plain-text "500 Internal Server Error" (seen once in
+    # 1,234 requests in CI). Those proxy-level losses are counted, bounded and reported.
+    proxy_cut = [d for d in done if d[1] == 0 or (d[1] == 500 and d[2] == HAPROXY_ERROR_BODY)]
+    answered_errors = [d for d in done if d[1] != 200 and d not in proxy_cut]
+    result["proxy_cut"] = len(proxy_cut)
     assert answered_errors == [], result
-    assert len(resets) <= 0.01 * len(done), result
+    assert len(proxy_cut) <= 0.01 * len(done), result

@@ -69,10 +69,11 @@ async def test_every_call_carries_the_deadline() -> None:
     client = SlowClient(0)
     before = time.time()
     assert (await post(client, {})).status_code == 200
-    assert (await post(client, {TIMEOUT_HEADER: "300"})).status_code == 200
+    # 2 s, not less: a busy CI machine once took over 300 ms to build and answer this in-process app.
+    assert (await post(client, {TIMEOUT_HEADER: "2000"})).status_code == 200
     default, short = client.deadlines
     assert default is not None and before + 4.9 < default < time.time() + 5
-    assert short is not None and short < time.time() + 0.3
+    assert short is not None and short < time.time() + 2
 
 
 async def test_bad_header_is_a_json_400_before_any_model_call() -> None:
