@@ -137,6 +137,16 @@ def lua_string(text: str) -> str:
     return f"[{'=' * level}[{text}]{'=' * level}]"
 
 
+def ended(out: Path) -> bool:
+    """Whether wrk_replay.lua wrote its END line (read from the file's tail: the poll runs while the
+    replay is being timed, on the same cores as the server)."""
+    if not out.exists() or out.stat().st_size < 4:
+        return False
+    with out.open("rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return f.read() == b"END\n"
+
+
 def wrk_replay(url: str, texts: list[str], workdir: Path, name: str, bypass: bool = False) -> list[dict]:
     """POST ``texts`` to /v1/analyze in order on one keep-alive connection, timed by wrk
     (bench/wrk_replay.lua); ``bypass`` sends ``Cache-Control: no-cache, no-store``."""
@@ -152,7 +162,7 @@ def wrk_replay(url: str, texts: list[str], workdir: Path, name: str, bypass: boo
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout_s
-        while not (out.exists() and out.read_text().endswith("END\n")):
+        while not ended(out):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"wrk stopped before answering all {len(texts)} requests")
             time.sleep(0.2)

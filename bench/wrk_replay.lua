@@ -1,8 +1,8 @@
 -- Replays a fixed stream of request bodies in order on one connection (wrk -t1 -c1), then stops,
 -- writing one line per request to WRK_OUT: index, status, latency ms, x-cache, x-cache-computed,
--- x-total-time-ms and the response body, tab-separated, and a last line END. Used by bench/cache_replay.py: wrk's C
--- client adds a few microseconds per request where Python's http.client added about 0.9 ms, which
--- is half of what a cache hit costs end to end.
+-- x-total-time-ms and the response body, tab-separated, and a last line END. Used by
+-- bench/cache_replay.py: wrk's C client adds a few microseconds per request where Python's
+-- http.client added about 0.9 ms, more than a cache hit itself now costs end to end.
 --
 -- Env: WRK_TEXTS (a Lua file returning the list of JSON bodies), WRK_OUT, WRK_PATH (appended to
 -- the URL's path), WRK_BYPASS (non-empty: send Cache-Control: no-cache, no-store).

@@ -123,6 +123,14 @@ def lock_key(tenant: str, session_id: str) -> str:
     return f"xz:v1:session-lock:{tenant}:{session_id}"
 
 
+# Take the lock, or find it already ours: `_call` retries a command whose connection died, and a
+# first SET that reached Redis before the reply was lost must not make our own lock look busy.
+LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
 # Delete the lock only if it still holds our token: compare and delete in one step.
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -167,7 +175,7 @@ class RedisSessionStore:
 
     async def lock(self, tenant: str, session_id: str, ttl_s: float) -> str | None:
         token, key, ms = secrets.token_hex(8), lock_key(tenant, session_id), max(1, int(ttl_s * 1000))
-        taken = await self._call(lambda: self.client.set(key, token, nx=True, px=ms), "lock")
+        taken = await self._call(lambda: self.client.eval(LOCK, 1, key, token, ms), "lock")  # type: ignore[misc]
         return token if taken else None
 
     async def unlock(self, tenant: str, session_id: str, token: str) -> None:

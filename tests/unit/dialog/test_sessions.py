@@ -10,11 +10,13 @@ from redis.asyncio import Redis
 
 from tests.redis_server import RedisServer
 from xz_serve.dialog.sessions import (
+    LOCK,
     MemorySessionStore,
     RedisSessionStore,
     Session,
     StoreUnavailableError,
     Turn,
+    lock_key,
     session_key,
 )
 
@@ -135,5 +137,18 @@ async def test_turn_lock_is_exclusive_owned_and_expires(store_server: RedisServe
         assert again is not None
         await store.unlock("acme", "s1", late)  # the expired holder cannot free the new one
         assert await store.lock("acme", "s1", ttl_s=0.3) is None
+    finally:
+        await store.close()
+
+
+async def test_a_retried_lock_command_finds_the_lock_its_own(store_server: RedisServer) -> None:
+    """A lock whose reply was lost is retried with the same token: the retry must not read as busy."""
+    store = RedisSessionStore.from_url(store_server.url, ttl_s=600, timeout_s=1.0)
+    try:
+        key = lock_key("acme", "s2")
+        assert await store.client.eval(LOCK, 1, key, "tok", 5000) == 1  # type: ignore[misc]
+        assert await store.client.eval(LOCK, 1, key, "tok", 5000) == 1  # type: ignore[misc]
+        assert await store.client.eval(LOCK, 1, key, "other", 5000) == 0  # type: ignore[misc]
+        assert await store.lock("acme", "s2", ttl_s=5) is None
     finally:
         await store.close()
