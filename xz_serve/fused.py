@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI
 from ray import serve
+from starlette.types import ASGIApp
 
 from xz_serve.access.deadline import remaining_s
 from xz_serve.api.client import merge
-from xz_serve.api.routes import create_api
+from xz_serve.api.routes import create_app
 from xz_serve.batching.replica import NluReplica
 from xz_serve.errors import DeadlineExceededError
 from xz_serve.settings import XzSettings
@@ -53,9 +53,9 @@ class FusedServer:
     def __init__(self, settings: XzSettings) -> None:
         configure_telemetry(settings.telemetry, component="fused")  # each replica is its own process
         self.replica = NluReplica(settings.model, settings.batch, settings.api.top_k)
-        self._app = create_api(LocalNluClient(self.replica, settings.batch.max_batch_size), settings)
+        self._app = create_app(LocalNluClient(self.replica, settings.batch.max_batch_size), settings)
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -1,20 +1,28 @@
-"""The admission stage: a replica works on a bounded number of HTTP requests; past it, 503 at once.
+"""The admission gate: a replica works on a bounded number of HTTP requests; past it, 503 at once.
 
-Counting requests at the ASGI entrance and refusing the excess before the body is read bounds the
-work a replica holds however the requests are shaped (the replica's batcher separately bounds
-pending texts), and a refusal costs no parsing, validation or model time. Health probes are exempt.
+Counting requests at the very entrance of the replica's ASGI app and refusing the excess there
+bounds the work a replica holds however the requests are shaped (the replica's batcher separately
+bounds pending texts). The gate wraps the whole app, outside telemetry, routing and error handling,
+because under overload most requests are refusals: each one costs only a counter and a prebuilt
+JSON 503 (no span, no parsing, no validation, no model time). Refusals still reach the HTTP
+metrics (by route, status 503, code ``overloaded``). Health probes are exempt.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from xz_serve.api.errors import error_response
 from xz_serve.settings import XzSettings
+from xz_serve.telemetry.metrics import HttpMetrics, http_metrics
+from xz_serve.telemetry.middleware import UNMATCHED
 
 EXEMPT = ("/healthz", "/readyz")
+RETRY_AFTER_S = 1
 
 
 def max_in_flight(settings: XzSettings) -> int:
@@ -24,23 +32,59 @@ def max_in_flight(settings: XzSettings) -> int:
 
 
 class AdmissionMiddleware:
-    """Counts requests in flight (released on answer, error or client disconnect); refuses the excess."""
+    """Counts requests in flight (released on answer, error or client disconnect); refuses the excess.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    ``routes`` (the app's static paths) label refusals in the metrics the way the telemetry
+    middleware labels answers; any other path counts as ``unmatched``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        routes: Iterable[str] = (),
+        metrics: HttpMetrics | None = None,
+    ) -> None:
         self.app = app
         self.limit = limit
         self.in_flight = 0
+        self.routes = frozenset(routes)
+        self.metrics = metrics
+        message = f"this replica is at its bound of {limit} requests in flight; retry later"
+        self._body = json.dumps({"error": {"code": "overloaded", "message": message}}).encode()
+        self._headers = (
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self._body)).encode()),
+            (b"retry-after", str(RETRY_AFTER_S).encode()),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].rstrip("/").endswith(EXEMPT):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            reason = f"{self.in_flight} requests in flight on this replica"
-            await error_response(503, "overloaded", reason, retry_after_s=1)(scope, receive, send)
+            await self._refuse(scope, send)
             return
         self.in_flight += 1
         try:  # a disconnect cancels the request task: `finally` still frees the slot
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        started = time.perf_counter()
+        # A fresh message and header list each time: outer layers (Serve's request-id middleware)
+        # append to the headers in place, so a shared list would grow with every refusal.
+        await send({"type": "http.response.start", "status": 503, "headers": list(self._headers)})
+        await send({"type": "http.response.body", "body": self._body})
+        if self.metrics is not None:
+            path = scope["path"]
+            route = path if path in self.routes else UNMATCHED
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self.metrics.record(route, scope.get("method", "GET"), 503, elapsed_ms, "overloaded")
+
+
+def admission_gate(app: ASGIApp, settings: XzSettings, routes: Iterable[str] = ()) -> AdmissionMiddleware:
+    """``app`` behind the admission bound the settings derive (the outermost layer of a replica)."""
+    metrics = http_metrics() if settings.telemetry.enabled else None
+    return AdmissionMiddleware(app, max_in_flight(settings), routes, metrics)

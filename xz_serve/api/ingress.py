@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp
 
 from xz_serve.api.client import ServeNluClient
-from xz_serve.api.routes import create_api
+from xz_serve.api.routes import create_app
 from xz_serve.settings import XzSettings
 from xz_serve.telemetry import configure_telemetry
 
@@ -23,7 +23,7 @@ class Ingress:
     def __init__(self, nlu: DeploymentHandle, settings: XzSettings) -> None:
         configure_telemetry(settings.telemetry, component="ingress")  # each replica is its own process
         client = ServeNluClient(nlu, settings.batch.max_batch_size, settings.api.request_timeout_s)
-        self._app = create_api(client, settings)
+        self._app = create_app(client, settings)
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app

@@ -1,4 +1,7 @@
-"""create_api: the FastAPI app; each route validates, calls the NLU client once and shapes JSON."""
+"""create_api: the FastAPI app; each route validates, calls the NLU client once and shapes JSON.
+
+create_app puts it behind the admission gate: that pair is what a replica serves.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from xz_serve import __version__
-from xz_serve.access.admission import AdmissionMiddleware, max_in_flight
+from xz_serve.access.admission import AdmissionMiddleware, admission_gate
 from xz_serve.access.auth import install_access
 from xz_serve.access.deadline import DeadlineMiddleware
 from xz_serve.api import schemas
@@ -96,7 +99,6 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     app.router.on_shutdown.append(nlu.close)
     install_access(app, settings)  # API keys, scopes, per-key limits on /v1/*; admin key routes
     app.add_middleware(DeadlineMiddleware, api=api)  # the deadline counts from arrival
-    app.add_middleware(AdmissionMiddleware, limit=max_in_flight(settings))  # before parsing: cheap refusals
 
     if settings.telemetry.enabled:  # added last = outermost: traces and measures every response
         app.add_middleware(TelemetryMiddleware, on_context=_bind_trace)
@@ -212,3 +214,10 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
         app.router.on_shutdown.append(dialog.close)
 
     return app
+
+
+def create_app(client: NluClient, settings: XzSettings) -> AdmissionMiddleware:
+    """What a replica serves: ``create_api`` behind the admission gate (outermost: cheap refusals)."""
+    api = create_api(client, settings)
+    paths = [path for route in api.routes if isinstance(path := getattr(route, "path", None), str)]
+    return admission_gate(api, settings, paths)

@@ -51,3 +51,24 @@ async def test_excess_is_refused_at_once_and_slots_come_back() -> None:
         assert (await held[1]).status_code == 200 and (await probe).status_code == 200
         assert app.in_flight == 0
         assert (await http.post("/v1/analyze")).status_code == 200
+
+
+async def test_refusals_do_not_share_header_lists() -> None:
+    """Outer layers may append to a response's headers in place (Serve adds x-request-id)."""
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            headers = message["headers"]
+            assert isinstance(headers, list)
+            headers.append((b"x-request-id", b"r"))  # what an outer middleware does
+            sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    app = AdmissionMiddleware(Gate(), limit=0)
+    scope = {"type": "http", "path": "/v1/intent", "method": "POST", "headers": []}
+    for _ in range(3):
+        await app(scope, receive, send)
+    assert [len(m["headers"]) for m in sent] == [4, 4, 4]  # type: ignore[arg-type]

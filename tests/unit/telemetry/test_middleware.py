@@ -3,6 +3,7 @@ the trace id header, HTTP semantic-convention attributes, and RED metrics by rou
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,9 +13,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.unit.fakes import FakeNluClient
-from xz_serve.api.routes import create_api
-from xz_serve.settings import XzSettings
+from xz_serve.access import admission
+from xz_serve.api.routes import create_api, create_app
+from xz_serve.settings import ApiSpec, XzSettings
 from xz_serve.telemetry import middleware
+from xz_serve.types import CallMeta, PredictResult
 
 SETTINGS = XzSettings(access={"auth_enabled": False}, cache={"enabled": False})
 PARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -121,3 +124,41 @@ async def test_errors_are_counted_by_code_and_5xx_mark_the_span(
 def test_error_code_reads_our_json_errors() -> None:
     assert middleware.error_code(b'{"error": {"code": "empty_input", "message": "m"}}', 400) == "empty_input"
     assert middleware.error_code(b"<html>", 502) == "http_502"
+
+
+class HeldClient(FakeNluClient):
+    """FakeNluClient whose predictions wait for ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult:
+        await self.release.wait()
+        return await super().predict(texts, meta)
+
+
+async def test_a_refusal_is_counted_but_opens_no_span(
+    recorded: Recorded, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create_app's admission gate is outermost: under overload a refusal costs no span and no
+    routing, yet the HTTP metrics still count it (by route, 503, ``overloaded``)."""
+    monkeypatch.setattr(admission, "http_metrics", lambda: recorded)
+    fake = HeldClient()
+    app = create_app(fake, SETTINGS.model_copy(update={"api": ApiSpec(max_in_flight=1)}))
+    assert isinstance(app, admission.AdmissionMiddleware) and app.limit == 1
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        held = asyncio.create_task(http.post("/v1/intent", json={"text": "hello"}))
+        await asyncio.sleep(0.05)
+        refused = await asyncio.wait_for(http.post("/v1/intent", json={"text": "hi"}), 1)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert "x-trace-id" not in refused.headers
+        assert recorded.calls == [("/v1/intent", "POST", 503, "overloaded")]
+        assert spans.get_finished_spans() == ()
+        fake.release.set()
+        answered = await held
+    assert answered.status_code == 200 and "x-trace-id" in answered.headers
+    assert [s.name for s in spans.get_finished_spans()] == ["POST /v1/intent"]
+    assert recorded.calls[1:] == [("/v1/intent", "POST", 200, None)]
+    assert fake.calls == [["hello"]]  # the refused text never reached the model
