@@ -315,6 +315,7 @@ def main() -> None:
                     }
                 )
     meta: dict[str, Any] = {
+        "qqp_label_ceiling": label_ceiling(pairs, labels, cos),
         "model_id": model_id,
         "quantization": args.quantization,
         "faq_entries": len(entries),
@@ -358,6 +359,33 @@ def main() -> None:
     print("\n# paste into xz_serve/cache/verify.py if code_matches_fit is false:")
     for name in ("coef", "intercept", "mean", "scale"):
         print(f"{name.upper()} = {fit[name]!r}")
+
+
+def label_ceiling(pairs: list[tuple[str, str]], labels: np.ndarray, cos: np.ndarray) -> dict[str, Any]:
+    """How often QQP labels *near-identical* texts "not duplicate": the precision a cache that served
+    only such pairs would score, i.e. what the labels let any verifier reach at a useful hit rate."""
+
+    def spelled(text: str) -> tuple[str, ...]:  # words, ignoring case and ASCII punctuation only
+        return tuple("".join(c if c.isalnum() or not c.isascii() else " " for c in text.lower()).split())
+
+    def share(mask: np.ndarray) -> dict[str, Any]:
+        n = int(mask.sum())
+        return {"pairs": n, "labelled_duplicate": ratio(int(labels[mask].sum()), n)}
+
+    same_words = np.array([spelled(a) == spelled(b) for a, b in pairs])
+    same_content = np.array(
+        [set(verify.facts(a).content) == set(verify.facts(b).content) for a, b in pairs]
+    ) & ~vetoed(pairs)
+    order = np.argsort(-cos)
+    top = {n: share(np.isin(np.arange(len(pairs)), order[:n])) for n in (100, 200, 400)}
+    return {
+        "same_words_ignoring_case_and_punctuation": share(same_words),
+        "same_content_words_no_veto_cosine_095": share(same_content & (cos >= 0.95)),
+        "top_by_cosine": top,
+        "same_words_labelled_not_duplicate": [
+            list(pairs[i]) for i in np.flatnonzero(same_words & (labels == 0))
+        ],
+    }
 
 
 def rounded(x: float | None) -> float | None:
