@@ -319,8 +319,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"no-store`, after the replay): client P50 {uc['p50']} ms / P99 {uc['p99']} ms, server P50 "
         f"{us['p50']} ms; hit P50 / uncached P50 = {round(lc['hit']['p50'] / uc['p50'], 4)} (client), "
         f"{round(ls['hit']['p50'] / us['p50'], 4)} (server). Miss P50 - uncached P50 = "
-        f"{round(ls['miss']['p50'] - us['p50'], 3)} ms in the route: the MGET and the lease round trip "
-        "a miss makes before the model.",
+        f"{round(ls['miss']['p50'] - us['p50'], 3)} ms in the route: what a miss does besides the model "
+        "(one Redis round trip that reads and leases, the coalescing bookkeeping, the write-back on the "
+        "same event loop).",
         "",
         f"Target hit P50 <= 20% of miss P50 (client side): "
         f"{'met' if a['target_hit_p50_le_20pct_of_miss_p50'] else 'NOT met'}.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from xz_serve.cache.coalesce import Coalescer, lease_key
 from xz_serve.cache.exact import ExactCache
@@ -83,3 +84,68 @@ async def test_failing_holder_releases_at_once(make_guard: Callable[..., RedisGu
     assert isinstance(ra, RuntimeError)  # a's own waiters see a's failure
     assert rb == b"ok" and b.stats.lease_takeovers == 1  # b computes as soon as a lets go
     assert time.perf_counter() - started < 0.5  # nowhere near the 5 s lease
+
+
+async def test_a_lookup_leases_its_misses_in_one_round_trip(make_guard: Callable[..., RedisGuard]) -> None:
+    """lookup(lease=...) answers hits and leases misses in one step; run_many then computes the
+    leased keys without another lease round trip, follows keys leased elsewhere, and releases a
+    lease it took on a key already in flight in this process."""
+    a, b = replica(make_guard), replica(make_guard)
+    assert a.guard.client is not None
+    await a.cache.set_many({"xz:hit": b"cached"})
+    a.cache.l1.clear()
+    await b.guard.client.set(lease_key("xz:other"), "b-token", px=5000)  # type: ignore[union-attr]
+
+    token, ms = a.new_lease()
+    lookup = await a.cache.lookup(["xz:hit", "xz:new", "xz:other"], (token, ms))
+    assert lookup.values == [b"cached", None, None] and lookup.layers == ["redis", None, None]
+    assert lookup.claim is not None and lookup.claim.token == token
+    assert lookup.claim.leased == {"xz:new"} and lookup.claim.examined == {"xz:new", "xz:other"}
+    assert await a.guard.client.get(lease_key("xz:new")) == token.encode()
+
+    acquired: list[list[str]] = []
+    real_acquire = a._acquire
+
+    async def spy(lead: Any, keys: list[str]) -> tuple[list[str], list[str]]:
+        acquired.append(keys)
+        return await real_acquire(lead, keys)
+
+    a._acquire = spy  # type: ignore[method-assign]
+    computed: list[list[str]] = []
+
+    async def compute(keys: list[str]) -> list[bytes]:
+        computed.append(keys)
+        return [k.encode() for k in keys]
+
+    async def other_replica_answers() -> None:
+        await asyncio.sleep(0.05)
+        await b.cache.set_many({"xz:other": b"from b"})
+        await b.guard.client.delete(lease_key("xz:other"))  # type: ignore[union-attr]
+
+    values, _ = await asyncio.gather(
+        a.run_many(["xz:new", "xz:other"], compute, lookup.claim), other_replica_answers()
+    )
+    assert values == [b"xz:new", b"from b"]
+    assert computed == [["xz:new"]] and acquired == [[]]  # no second lease round trip
+    await asyncio.sleep(0.05)  # the write-back and lease release run after the waiters have values
+    assert await a.guard.client.get("xz:new") == b"xz:new"
+    assert await a.guard.client.exists(lease_key("xz:new")) == 0
+
+    # A key this process already computes: the lease the lookup took on it goes back at once.
+    gate = asyncio.Event()
+
+    async def slow(keys: list[str]) -> list[bytes]:
+        await gate.wait()
+        return [b"slow"] * len(keys)
+
+    first = asyncio.create_task(a.run_many(["xz:busy"], slow))  # no claim: leases by round trip
+    await asyncio.sleep(0.05)
+    await a.guard.client.delete(lease_key("xz:busy"))  # as if the first request had run without Redis
+    token2, _ = a.new_lease()
+    second = await a.cache.lookup(["xz:busy"], (token2, ms))
+    assert second.claim is not None and second.claim.leased == {"xz:busy"}
+    waiter = asyncio.create_task(a.run_many(["xz:busy"], slow, second.claim))
+    await asyncio.sleep(0.05)
+    assert await a.guard.client.exists(lease_key("xz:busy")) == 0  # released, not held for lease_ms
+    gate.set()
+    assert await first == [b"slow"] and await waiter == [b"slow"]

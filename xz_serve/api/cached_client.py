@@ -1,10 +1,11 @@
 """CachedNluClient: the exact cache and request coalescing between the routes and the model replicas.
 
 Per request: one key per text (``keys.cache_key``: normalised text, task, model id, tenant, options),
-one lookup (L1, then one Redis MGET), the misses coalesced with identical texts in flight here or on
-another replica (``Coalescer``), and whatever is left computed in ONE call to the inner client. The
-write-back runs after the waiters have their values, so no response waits for it. Redis trouble is
-only ever a miss (``RedisGuard``), and the outcome is reported in ``X-Cache`` response headers.
+one lookup (L1, then one Redis round trip that also leases the misses), the misses coalesced with
+identical texts in flight here or on another replica (``Coalescer``), and whatever is left computed in
+ONE call to the inner client. The write-back runs after the waiters have their values, so no response
+waits for it. Redis trouble is only ever a miss (``RedisGuard``), and the outcome is reported in
+``X-Cache`` response headers.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from xz_serve.api.client import NluClient
 from xz_serve.api.context import RequestContext
 from xz_serve.cache.coalesce import Coalescer
 from xz_serve.cache.codec import CodecError, decode_prediction, encode_prediction
-from xz_serve.cache.exact import ExactCache
+from xz_serve.cache.exact import Claim, ExactCache
 from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.keys import TextNorm, cache_key, norm_for_tokenizer
 from xz_serve.cache.metrics import CacheMetrics
@@ -214,10 +215,13 @@ class CachedNluClient:
         unique = list(text_of)
         outcome = _Outcome()
         found: dict[str, TextPrediction] = {}
+        claim: Claim | None = None
         if ctx.cache_read:
             started = time.perf_counter()
             with _tracer.start_as_current_span("xz.cache.lookup") as span:
-                lookup = await backend.cache.lookup(unique)
+                # Storing too: the same round trip leases the misses for the coalescer.
+                lease = backend.coalescer.new_lease() if ctx.cache_write else None
+                lookup = await backend.cache.lookup(unique, lease)
                 for key, value in zip(unique, lookup.values, strict=True):
                     if value is not None:
                         try:
@@ -229,6 +233,7 @@ class CachedNluClient:
                 span.set_attribute("xz.cache.l1_hits", sum(layer == "l1" for layer in lookup.layers))
             outcome.lookup_ms = (time.perf_counter() - started) * 1000
             outcome.redis_down = lookup.redis_ok is False
+            claim = lookup.claim
         hit_keys = set(found)
         missing = [key for key in unique if key not in found]
         fresh: dict[str, TextPrediction] = {}
@@ -246,7 +251,7 @@ class CachedNluClient:
                 return [encode_prediction(p) for p in result.predictions]
 
             if ctx.cache_read and ctx.cache_write:
-                values = await backend.coalescer.run_many(missing, compute)
+                values = await backend.coalescer.run_many(missing, compute, claim)
                 corrupt = []
                 for key, value in zip(missing, values, strict=True):
                     if key not in fresh:  # computed by another request, here or on another replica

@@ -6,13 +6,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace
 from redis.asyncio import Redis
 
-from xz_serve.cache.exact import ExactCache
+from xz_serve.cache.exact import Claim, ExactCache
 from xz_serve.cache.spec import CacheSpec
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,13 @@ class Coalescer:
 
         return (await self.run_many([key], one))[0]
 
-    async def run_many(self, keys: Sequence[str], compute: ComputeMany) -> list[bytes]:
+    def new_lease(self) -> tuple[str, int]:
+        """A fresh lease token and the lease's life in ms: for ``ExactCache.lookup(..., lease=...)``."""
+        return uuid.uuid4().hex, self.lease_ms
+
+    async def run_many(
+        self, keys: Sequence[str], compute: ComputeMany, claim: Claim | None = None
+    ) -> list[bytes]:
         """Values for ``keys`` in order; ``compute`` gets, in one call, only the keys this process leads.
 
         This keeps the ingress's one-model-call-per-request shape: keys already in flight here or on
@@ -100,12 +107,16 @@ class Coalescer:
         Args:
             keys: cache keys (duplicates allowed).
             compute: maps a list of keys to their values, same order and length.
+            claim: the leases the caller's lookup already took (or found held) on these keys:
+                those keys skip the lease round trip. Leases it took on keys that turn out to be
+                in flight here already are released.
 
         Raises:
             Exception: what ``compute`` raised for a key this call needs.
         """
         loop = asyncio.get_running_loop()
         mine: list[str] = []
+        unused: list[str] = []
         futures: dict[str, asyncio.Future[bytes]] = {}
         for key in keys:
             if key in futures:
@@ -118,18 +129,39 @@ class Coalescer:
                 mine.append(key)
             else:
                 self.stats.coalesced_local += 1
+                if claim is not None and key in claim.leased:
+                    unused.append(key)
             futures[key] = future
         if mine:
-            lead = _Lead({key: futures[key] for key in mine}, compute, uuid.uuid4().hex)
-            leader = asyncio.create_task(self._lead(lead))
-            self._leaders.add(leader)
-            leader.add_done_callback(self._leaders.discard)
+            token = claim.token if claim is not None else uuid.uuid4().hex
+            lead = _Lead({key: futures[key] for key in mine}, compute, token)
+            self._background(self._lead(lead, claim))
+        if unused and claim is not None:
+            self._background(self._release_leases(unused, claim.token))
         return [await asyncio.shield(futures[key]) for key in keys]
 
-    async def _lead(self, lead: _Lead) -> None:
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._leaders.add(task)
+        task.add_done_callback(self._leaders.discard)
+
+    async def _claimed(
+        self, lead: _Lead, keys: list[str], claim: Claim | None
+    ) -> tuple[list[str], list[str]]:
+        """(ours, someone else's): from the lookup's claim where it covers a key, else a lease round trip."""
+        if claim is None:
+            return await self._acquire(lead, keys)
+        rest = [key for key in keys if key not in claim.examined]
+        acquired, waiting = await self._acquire(lead, rest)
+        for key in keys:
+            if key in claim.examined:
+                (acquired if key in claim.leased else waiting).append(key)
+        return acquired, waiting
+
+    async def _lead(self, lead: _Lead, claim: Claim | None = None) -> None:
         keys = list(lead.futures)
         try:
-            acquired, waiting = await self._acquire(lead, keys)
+            acquired, waiting = await self._claimed(lead, keys, claim)
             await asyncio.gather(self._compute(lead, acquired), self._follow(lead, waiting))
         except Exception as exc:  # a bug here must not strand the waiters
             for key in keys:

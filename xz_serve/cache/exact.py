@@ -1,14 +1,15 @@
-"""ExactCache: an in-process LRU+TTL layer in front of Redis, one MGET per read, one pipeline per write."""
+"""ExactCache: an in-process LRU+TTL layer in front of Redis; one round trip per read, one per write."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from opentelemetry import trace
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.lru import LruTtlCache
@@ -18,17 +19,48 @@ Layer = Literal["l1", "redis"]
 _tracer = trace.get_tracer("xz_serve.cache")
 
 
+# GET each key; where it has no value, try to take its lease (SET key:lease token NX PX) in the same
+# step. Returns per key: the value, 1 (no value, lease taken) or 0 (no value, lease held elsewhere).
+# A miss that will be computed thus costs the same single round trip as a hit.
+_GET_OR_LEASE = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if value then
+    out[i] = value
+  elseif redis.call('SET', key .. ':lease', ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Leases a lookup took on the keys it found missing in Redis: ``token`` holds ``leased``;
+    ``examined`` are all the keys whose lease state Redis reported (leased or held elsewhere)."""
+
+    token: str
+    leased: frozenset[str]
+    examined: frozenset[str]
+
+
 @dataclass(frozen=True)
 class Lookup:
     """One read: a value (or None) per key, the layer that answered it, and how Redis fared.
 
     ``redis_ok`` is None when Redis was not needed (all L1 hits) or not configured, False when it
-    failed, timed out or was skipped in a backoff window, True when it answered.
+    failed, timed out or was skipped in a backoff window, True when it answered. ``claim`` is set
+    when the read also took leases on the misses (``lookup(..., lease=...)``).
     """
 
     values: list[bytes | None]
     layers: list[Layer | None]
     redis_ok: bool | None
+    claim: Claim | None = None
 
 
 class ExactCache:
@@ -54,6 +86,7 @@ class ExactCache:
         self.ttl_s = ttl_s
         self.l1 = LruTtlCache(l1_max_entries, l1_ttl_s, self.stats)
         self._background: set[asyncio.Task[bool]] = set()
+        self._get_or_lease_script: AsyncScript | None = None  # registered on first use
 
     @classmethod
     def from_spec(cls, spec: CacheSpec, guard: RedisGuard | None = None) -> ExactCache:
@@ -65,9 +98,13 @@ class ExactCache:
             l1_ttl_s=spec.l1_ttl_s,
         )
 
-    async def lookup(self, keys: Sequence[str]) -> Lookup:
-        """Values in the order of ``keys`` with the layer that answered each: L1 first, then one MGET.
+    async def lookup(self, keys: Sequence[str], lease: tuple[str, int] | None = None) -> Lookup:
+        """Values in the order of ``keys`` with the layer that answered each: L1 first, then one
+        round trip to Redis.
 
+        With ``lease=(token, ms)`` that round trip also takes the lease of every key Redis lacks
+        (one Lua step, ``_GET_OR_LEASE``), so the coalescer can start computing without a second
+        round trip; the result's ``claim`` says which. Without it, a plain MGET.
         Redis hits are copied into L1. A Redis failure, timeout or backoff makes the remaining keys
         misses (``redis_ok`` False); this method does not raise for cache trouble.
         """
@@ -80,26 +117,54 @@ class ExactCache:
                     layer[key] = "l1"
         missing = [key for key, value in found.items() if value is None]
         redis_ok: bool | None = None
+        claim: Claim | None = None
         if missing and self.guard.client is not None:
-
-            async def mget(client: Redis) -> list[bytes | None] | None:
-                values = await client.mget(missing)
-                return values  # type: ignore[return-value]  # bytes: decode_responses is off
-
-            with _tracer.start_as_current_span("xz.cache.redis.mget") as span:
+            if lease is None:
+                read, name = self._mget(missing), "mget"
+            else:
+                read, name = self._get_or_lease(missing, *lease), "get_or_lease"
+            with _tracer.start_as_current_span(f"xz.cache.redis.{name}") as span:
                 span.set_attribute("xz.cache.keys", len(missing))
-                values = await self.guard.call(mget, None, "mget")  # None: failed, counted by the guard
-            redis_ok = values is not None
-            if values is not None:
-                for key, value in zip(missing, values, strict=True):
-                    if value is None:
-                        self.stats.redis_misses += 1
-                    else:
+                replies = await self.guard.call(read, None, name)  # None: failed, counted by the guard
+            redis_ok = replies is not None
+            if replies is not None:
+                leased: set[str] = set()
+                for key, reply in zip(missing, replies, strict=True):
+                    if isinstance(reply, bytes):
                         self.stats.redis_hits += 1
-                        self.l1.put(key, value)
-                        found[key] = value
+                        self.l1.put(key, reply)
+                        found[key] = reply
                         layer[key] = "redis"
-        return Lookup([found[key] for key in keys], [layer.get(key) for key in keys], redis_ok)
+                    else:
+                        self.stats.redis_misses += 1
+                        if reply == 1:
+                            leased.add(key)
+                if lease is not None:
+                    examined = frozenset(key for key in missing if found[key] is None)
+                    claim = Claim(lease[0], frozenset(leased), examined)
+        return Lookup([found[key] for key in keys], [layer.get(key) for key in keys], redis_ok, claim)
+
+    @staticmethod
+    def _mget(keys: list[str]) -> Callable[[Redis], Awaitable[list[bytes | None]]]:
+        async def mget(client: Redis) -> list[bytes | None]:
+            values = await client.mget(keys)
+            return values  # type: ignore[return-value]  # bytes: decode_responses is off
+
+        return mget
+
+    def _get_or_lease(
+        self, keys: list[str], token: str, lease_ms: int
+    ) -> Callable[[Redis], Awaitable[list[bytes | int]]]:
+        if self._get_or_lease_script is None:
+            assert self.guard.client is not None  # lookup reads Redis only when there is a client
+            self._get_or_lease_script = self.guard.client.register_script(_GET_OR_LEASE)
+        script = self._get_or_lease_script
+
+        async def get_or_lease(client: Redis) -> list[bytes | int]:
+            replies = await script(keys=keys, args=[token, lease_ms], client=client)
+            return list(replies)
+
+        return get_or_lease
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values in the order of ``keys`` (None = miss); same layers and failure rules as ``lookup``."""
