@@ -10,13 +10,13 @@ metrics (by route, status 503, code ``overloaded``). Health probes are exempt.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from xz_serve.api.errors import error_response
 from xz_serve.settings import XzSettings
 from xz_serve.telemetry.metrics import HttpMetrics, http_metrics
 from xz_serve.telemetry.middleware import UNMATCHED
@@ -51,12 +51,9 @@ class AdmissionMiddleware:
         self.routes = frozenset(routes)
         self.metrics = metrics
         message = f"this replica is at its bound of {limit} requests in flight; retry later"
-        self._body = json.dumps({"error": {"code": "overloaded", "message": message}}).encode()
-        self._headers = (
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self._body)).encode()),
-            (b"retry-after", str(RETRY_AFTER_S).encode()),
-        )
+        refusal = error_response(503, "overloaded", message, retry_after_s=RETRY_AFTER_S)  # rendered once
+        self._body = bytes(refusal.body)
+        self._headers = tuple(refusal.raw_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].rstrip("/").endswith(EXEMPT):

@@ -128,6 +128,7 @@ class ExactCache:
                 replies = await self.guard.call(read, None, name)  # None: failed, counted by the guard
             redis_ok = replies is not None
             if replies is not None:
+                absent: set[str] = set()
                 leased: set[str] = set()
                 for key, reply in zip(missing, replies, strict=True):
                     if isinstance(reply, bytes):
@@ -137,11 +138,11 @@ class ExactCache:
                         layer[key] = "redis"
                     else:
                         self.stats.redis_misses += 1
+                        absent.add(key)
                         if reply == 1:
                             leased.add(key)
                 if lease is not None:
-                    examined = frozenset(key for key in missing if found[key] is None)
-                    claim = Claim(lease[0], frozenset(leased), examined)
+                    claim = Claim(lease[0], frozenset(leased), frozenset(absent))
         return Lookup([found[key] for key in keys], [layer.get(key) for key in keys], redis_ok, claim)
 
     @staticmethod
