@@ -13,9 +13,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
 
 from xz_serve.api.context import Ctx, RequestContext
 from xz_serve.api.schemas import ErrorResponse
@@ -65,6 +67,29 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
+class TurnStream(StreamingResponse):
+    """The SSE response of one streamed turn, which frees the turn however the response ends.
+
+    A client that leaves cancels the response. If it leaves while the first message is still being
+    written (a slow client), the body generator never starts, so its own cleanup never runs. Here
+    the release runs in every case, shielded from the cancellation that ended the response.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[bytes], turn: ChatTurn, service: DialogService, headers: dict[str, str]
+    ) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.turn = turn
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.service.release(self.turn)
+
+
 def chat_router(service: DialogService) -> APIRouter:
     router = APIRouter(tags=["chat"])
 
@@ -84,7 +109,7 @@ def chat_router(service: DialogService) -> APIRouter:
                     turn.flags.append("stream_interrupted")
                 turn.reply = "".join(parts)
             await service.finish(turn, ctx)
-        finally:  # a client that leaves mid-stream must not keep its session locked
+        finally:  # a client that leaves mid-stream must not keep its session locked (see TurnStream)
             await service.release(turn)
         done = turn.body()
         yield _sse({"type": "done", **{k: done[k] for k in ("reply", "policy", "flags", "usage", "cache")}})
@@ -101,7 +126,7 @@ def chat_router(service: DialogService) -> APIRouter:
             turn = await service.begin(request.message, session_id, ctx, stream=True)
             headers["x-session-id"] = turn.session.id
             headers["cache-control"] = "no-cache"
-            return StreamingResponse(events(turn, ctx), media_type="text/event-stream", headers=headers)
+            return TurnStream(events(turn, ctx), turn, service, headers)
         turn = await service.chat(request.message, session_id, ctx)
         headers["x-session-id"] = turn.session.id
         return JSONResponse(turn.body(), headers=headers)

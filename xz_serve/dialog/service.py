@@ -223,7 +223,10 @@ class DialogService:
             return turn
 
     async def release(self, turn: ChatTurn) -> None:
-        """Free the turn's session lock (idempotent): after the save, or when a stream is abandoned."""
+        """Free what the turn holds (idempotent): its upstream stream, if one is still open, and the
+        session lock; after the save, or when a stream is abandoned."""
+        if turn.stream is not None:
+            await turn.stream.close()
         token, turn.lock_token = turn.lock_token, None
         if token is not None:
             await self._unlock(turn.session.tenant, turn.session.id, token)

@@ -140,6 +140,10 @@ class ReplyStream:
             text, usage, self.prompt_tokens_estimate, self.attempts, finish
         )
 
+    async def close(self) -> None:
+        """Give the upstream connection back, read or not (idempotent): a reader that stops early."""
+        await self.response.aclose()
+
 
 class Upstream:
     """One OpenAI-compatible endpoint: its pooled client, retry policy and circuit breaker."""
