@@ -124,7 +124,9 @@ class ApiSpec(_Spec):
         description="HTTP requests one replica works on at once; past it, 503 + Retry-After before "
         "the body is read. None derives it from the batch: `batch.queue_batches * "
         "batch.max_batch_size` (a request carries at least one text, so single-text traffic is "
-        "bounded here and larger requests by the replica's text bound).",
+        "bounded here and larger requests by the replica's text bound). Either way at most three "
+        "quarters of the HTTP replica's `max_ongoing_requests` (`nlu` when fused, `ingress` when "
+        "split), so this bound refuses (JSON 503) before Serve queues or refuses anything.",
     )
 
 

@@ -23,12 +23,25 @@ from xz_serve.telemetry.middleware import UNMATCHED
 
 EXEMPT = ("/healthz", "/readyz")
 RETRY_AFTER_S = 1
+# The share of the HTTP replica's Serve slots (max_ongoing_requests) left free for refusals in
+# progress: Serve counts a request against its slots before the gate sees it, and a refusal holds
+# one for the ~0.1 ms its 503 takes.
+REFUSAL_SHARE = 0.25
 
 
 def max_in_flight(settings: XzSettings) -> int:
-    """``api.max_in_flight``, else one request per text of ``batch.queue_batches`` full batches."""
+    """``api.max_in_flight``, else one request per text of ``batch.queue_batches`` full batches;
+    at most three quarters of the HTTP replica's ``max_ongoing_requests``.
+
+    Serve admits a request to its slots before the gate sees it. With no slot free it holds the
+    request in its own queue and, past ``max_queued_requests``, refuses it with a plain-text 503.
+    The gate must therefore bind below Serve's bound, with room left for the refusals in flight,
+    so that every refusal is our JSON error and no request waits in a queue we do not bound.
+    """
     batch = settings.batch
-    return settings.api.max_in_flight or math.ceil(batch.queue_batches * batch.max_batch_size)
+    derived = settings.api.max_in_flight or math.ceil(batch.queue_batches * batch.max_batch_size)
+    slots = (settings.nlu if settings.topology == "fused" else settings.ingress).max_ongoing_requests
+    return min(derived, max(1, math.floor(slots * (1 - REFUSAL_SHARE))))
 
 
 class AdmissionMiddleware:

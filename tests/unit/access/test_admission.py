@@ -29,6 +29,20 @@ def test_bound_derives_from_the_batch() -> None:
     assert max_in_flight(XzSettings(api={"max_in_flight": 5})) == 5
 
 
+def test_bound_stays_below_what_serve_lets_the_replica_hold() -> None:
+    """With all of the HTTP replica's Serve slots taken, Serve queues the request itself and then
+    answers a plain-text 503. The gate binds at three quarters of those slots, leaving the rest for
+    refusals in progress (defaults: 32 batches of 32 texts, 256 slots)."""
+    assert max_in_flight(XzSettings()) == 192
+    fused = XzSettings(nlu={"max_ongoing_requests": 64}, ingress={"max_ongoing_requests": 512})
+    assert max_in_flight(fused) == 48  # fused: the nlu deployment serves HTTP
+    split = fused.model_copy(update={"topology": "split"})
+    assert max_in_flight(split) == 384  # split: the ingress deployment does
+    explicit = XzSettings(api={"max_in_flight": 1000}, nlu={"max_ongoing_requests": 100})
+    assert max_in_flight(explicit) == 75
+    assert max_in_flight(XzSettings(batch={"max_batch_size": 1}, nlu={"max_ongoing_requests": 1})) == 1
+
+
 async def test_excess_is_refused_at_once_and_slots_come_back() -> None:
     inner = Gate()
     app = AdmissionMiddleware(inner, limit=2)
