@@ -11,7 +11,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import free_port
 
@@ -76,3 +79,16 @@ class RedisServer:
         """Stop and remove the data directory."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_or_skip() -> Iterator[RedisServer]:
+    """Body of a fixture that yields a started RedisServer and closes it (by pid) afterwards; the
+    test is skipped where redis-server is not installed."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -6,21 +6,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer, redis_or_skip
 from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.spec import CacheSpec
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from redis_or_skip()
 
 
 @pytest.fixture

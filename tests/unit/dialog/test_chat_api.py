@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer, redis_or_skip
 from tests.standin import StandinServer
 from tests.unit.fakes import FakeNluClient
 from xz_serve.api.routes import create_api
@@ -169,14 +169,7 @@ async def leave_stream(app: Any, payload: dict[str, Any], after_chunks: int) -> 
 @pytest.fixture
 def store_redis() -> Iterator[RedisServer]:
     """A real redis-server as the durable store: its lock calls suspend, as in production."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from redis_or_skip()
 
 
 @pytest.mark.parametrize("after_chunks", [0, 1])
