@@ -14,8 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -84,6 +82,8 @@ class RedisServer:
 def redis_or_skip() -> Iterator[RedisServer]:
     """Body of a fixture that yields a started RedisServer and closes it (by pid) afterwards; the
     test is skipped where redis-server is not installed."""
+    import pytest  # here, not at the top: the benchmarks import this module without pytest
+
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
     server = RedisServer()
