@@ -70,9 +70,10 @@ def _sse(data: dict[str, Any] | str) -> bytes:
 class TurnStream(StreamingResponse):
     """The SSE response of one streamed turn, which frees the turn however the response ends.
 
-    A client that leaves cancels the response. If it leaves while the first message is still being
-    written (a slow client), the body generator never starts, so its own cleanup never runs. Here
-    the release runs in every case, shielded from the cancellation that ended the response.
+    A client that leaves cancels the response, sometimes while the first message is still being
+    written (a slow client), before the body generator ever starts. So the generator does no cleanup
+    of its own: the release runs here in every case, shielded from the cancellation that ended the
+    response (after a finished turn it finds nothing left to free).
     """
 
     def __init__(
@@ -94,23 +95,22 @@ def chat_router(service: DialogService) -> APIRouter:
     router = APIRouter(tags=["chat"])
 
     async def events(turn: ChatTurn, ctx: RequestContext) -> AsyncIterator[bytes]:
-        try:
-            yield _sse({"type": "meta", **turn.meta()})
-            if turn.stream is None:
-                yield _sse({"type": "delta", "content": turn.reply})
-            else:
-                parts: list[str] = []
-                try:
-                    async for delta in turn.stream.deltas():
-                        parts.append(delta)
-                        yield _sse({"type": "delta", "content": delta})
-                except UpstreamError as exc:
-                    log.warning("stream interrupted: %s", exc)
-                    turn.flags.append("stream_interrupted")
-                turn.reply = "".join(parts)
-            await service.finish(turn, ctx)
-        finally:  # a client that leaves mid-stream must not keep its session locked (see TurnStream)
-            await service.release(turn)
+        # No cleanup here: a generator may be cancelled before it starts, or at an await where a
+        # second cancellation hits its cleanup. TurnStream frees the turn, shielded.
+        yield _sse({"type": "meta", **turn.meta()})
+        if turn.stream is None:
+            yield _sse({"type": "delta", "content": turn.reply})
+        else:
+            parts: list[str] = []
+            try:
+                async for delta in turn.stream.deltas():
+                    parts.append(delta)
+                    yield _sse({"type": "delta", "content": delta})
+            except UpstreamError as exc:
+                log.warning("stream interrupted: %s", exc)
+                turn.flags.append("stream_interrupted")
+            turn.reply = "".join(parts)
+        await service.finish(turn, ctx)
         done = turn.body()
         yield _sse({"type": "done", **{k: done[k] for k in ("reply", "policy", "flags", "usage", "cache")}})
         yield _sse("[DONE]")

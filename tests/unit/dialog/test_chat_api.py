@@ -131,8 +131,8 @@ async def test_without_upstream_llm_intents_fall_back_not_500() -> None:
 async def leave_stream(app: Any, payload: dict[str, Any], after_chunks: int) -> list[bytes]:
     """POST /v1/chat as a client that disconnects once it has read ``after_chunks`` body chunks
     (0: while the response's first message is still being written, so no body is produced at all);
-    the chunks it read. Drives the ASGI app directly, the way uvicorn
-    does (spec 2.3: the app learns of the disconnect from ``receive``)."""
+    the chunks it read. Drives the ASGI app directly, the way uvicorn does (spec 2.3: the app learns
+    of the disconnect from ``receive``)."""
     body = json.dumps(payload).encode()
     chunks: list[bytes] = []
     gone = asyncio.Event()
