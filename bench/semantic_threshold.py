@@ -45,9 +45,9 @@ from semantic_fit import L2, auc, fit_logistic, predict, stratified_folds
 from semantic_report import FOLDS, pick, write_results
 
 from xz_serve.cache import verify
-from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.semantic import SemanticCache, unit_rows
 from xz_serve.cache.verify import PairVerifier, feature_matrix
+from xz_serve.kernel.redis import RedisGuard
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

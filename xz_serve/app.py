@@ -11,9 +11,9 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from xz_serve.api.ingress import Ingress
-from xz_serve.batching.replica import NluReplica
-from xz_serve.fused import FusedServer
+from xz_serve.http.fused import FusedServer
+from xz_serve.http.ingress import Ingress
+from xz_serve.nlu.replica import NluReplica
 from xz_serve.settings import XzSettings
 from xz_serve.telemetry.tracing import forwarded_env
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from tests.redis_server import RedisServer, redis_or_skip
-from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.spec import CacheSpec
+from xz_serve.kernel.redis import RedisGuard
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 
 from tests.redis_server import RedisServer
 from tests.unit.api.test_cached_client import OPTIONS, CountingClient
-from xz_serve.api.cached_client import CachedNluClient
-from xz_serve.api.context import RequestContext
 from xz_serve.cache.spec import CacheSpec
+from xz_serve.kernel.context import RequestContext
+from xz_serve.nlu.cached import CachedNluClient
 
 Replicas = Callable[..., tuple[CachedNluClient, CachedNluClient, CountingClient]]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from xz_serve.cache.coalesce import Coalescer, lease_key
 from xz_serve.cache.exact import ExactCache
-from xz_serve.cache.guard import RedisGuard
+from xz_serve.kernel.redis import RedisGuard
 
 
 def replica(make_guard: Callable[..., RedisGuard], **kw: int) -> Coalescer:

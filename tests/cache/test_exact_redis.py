@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from tests.cache.conftest import RedisServer
 from xz_serve.cache.exact import ExactCache
-from xz_serve.cache.guard import RedisGuard
+from xz_serve.kernel.redis import RedisGuard
 
 
 async def test_value_from_one_replica_is_a_hit_on_another(make_guard: Callable[..., RedisGuard]) -> None:

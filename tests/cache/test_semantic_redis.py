@@ -9,9 +9,9 @@ from collections.abc import Callable
 import numpy as np
 
 from tests.cache.conftest import RedisServer
-from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.semantic import SemanticCache
 from xz_serve.cache.verify import PairVerifier
+from xz_serve.kernel.redis import RedisGuard
 
 
 def semantic(guard: RedisGuard, **kw: object) -> SemanticCache:

@@ -27,7 +27,7 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from tests.unit.fakes import FakeNluClient
 from xz_serve.access.keys import SCOPES, mint
-from xz_serve.api.routes import create_api
+from xz_serve.http.app import create_api
 from xz_serve.settings import XzSettings
 
 EXAMPLES = int(os.environ.get("XZ_FUZZ_EXAMPLES", "40"))

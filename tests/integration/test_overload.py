@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import ROOT, deployed, local_args
-from xz_serve.access.admission import max_in_flight
+from xz_serve.http.middleware.admission import max_in_flight
 from xz_serve.settings import XzSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from xz_serve.models.loading import load_model
+from xz_serve.models.loading import load_onnx_model as load_model
 from xz_serve.settings import ModelSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

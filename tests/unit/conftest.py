@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.standin import StandinServer
-from xz_serve.batching.replica import NluReplica
+from xz_serve.nlu.replica import NluReplica
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from xz_serve.kernel.types import BatchStats, CallMeta, PredictResult
 from xz_serve.models.fake import FakeModel
 from xz_serve.models.postprocess import label_outputs
-from xz_serve.types import BatchStats, CallMeta, PredictResult
 
 
 class FakeNluClient:

@@ -1,4 +1,4 @@
-"""AccessSpec: API keys, rate limits, deadlines. Pure pydantic, nested in XzSettings as ``access``."""
+"""AccessSpec (API keys, per-key limits) and ApiSpec (request bounds and deadlines): pure pydantic."""
 
 from __future__ import annotations
 
@@ -56,4 +56,42 @@ class AccessSpec(BaseModel):
         le=60_000,
         description="After a store failure, calls are not tried for this long (the next one probes): "
         "a dead Redis costs one timeout per window, not one per request.",
+    )
+
+
+class ApiSpec(BaseModel):
+    """Input limits and response shaping; a request beyond a limit is a 4xx, never a model call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_texts: int = Field(64, ge=1, le=4096, description="Texts per request.")
+    max_text_chars: int = Field(2000, ge=1, le=100_000, description="Characters per text.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size.")
+    top_k: int = Field(3, ge=1, le=20, description="Intent alternatives returned per text.")
+    oos_threshold: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Below this top-intent confidence a text is flagged out of scope even when the "
+        "head picked an in-scope intent: an assistant should say it does not know.",
+    )
+    request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Default deadline of a request: past it, the request is answered 504 and, if "
+        "still queued, dropped before inference. Clients may ask for less or more with the "
+        "`x-request-timeout-ms` header.",
+    )
+    max_request_timeout_s: float = Field(
+        60.0, gt=0, description="Cap on `x-request-timeout-ms`: no client may hold a slot longer."
+    )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="HTTP requests one replica works on at once; past it, 503 + Retry-After before "
+        "the body is read. None derives it from the batch: `batch.queue_batches * "
+        "batch.max_batch_size` (a request carries at least one text, so single-text traffic is "
+        "bounded here and larger requests by the replica's text bound). Either way at most three "
+        "quarters of the HTTP replica's `max_ongoing_requests` (`nlu` when fused, `ingress` when "
+        "split), so this bound refuses (JSON 503) before Serve queues or refuses anything.",
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -11,30 +10,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FP32_FILE = "nlu-fp32.onnx"
-INT8_FILE = "nlu-int8.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-LABELS_FILE = "labels.json"
-MANIFEST_FILE = "manifest.json"
-REPORT_FILE = "report.json"
-MODEL_NAME = "xz-minilm-nlu"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a finished build left behind; ``revision`` changes whenever any input changes."""
-
-    fingerprint: str
-    model_id: str
-    revision: str
-    files: dict[str, str]
-
-    def path(self, artifacts_dir: Path, quantization: str) -> Path:
-        return artifacts_dir / (INT8_FILE if quantization == "int8" else FP32_FILE)
+from xz_serve.models.manifest import (
+    FP32_FILE,
+    INT8_FILE,
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MODEL_NAME,
+    REPORT_FILE,
+    TOKENIZER_FILE,
+    Manifest,
+    read_manifest,
+)
+from xz_serve.models.spec import ModelSpec
 
 
 def base_model_dir() -> Path:
@@ -62,17 +52,6 @@ def fingerprint(spec: Any) -> str:
     digest.update(spec.build.model_dump_json().encode())
     digest.update(f"{torch.__version__}|{onnxruntime.__version__}|{transformers.__version__}".encode())
     return digest.hexdigest()
-
-
-def read_manifest(artifacts_dir: Path) -> Manifest | None:
-    """The manifest of a complete build, or None when absent or when any listed file is missing."""
-    path = artifacts_dir / MANIFEST_FILE
-    if not path.exists():
-        return None
-    manifest = Manifest(**json.loads(path.read_text(encoding="utf-8")))
-    if not all((artifacts_dir / name).exists() for name in manifest.files):
-        return None
-    return manifest
 
 
 @contextlib.contextmanager
@@ -209,25 +188,12 @@ def _build(spec: Any, current: str) -> Manifest:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI entry point: ``xz-build [--force] [--artifacts-dir DIR] [--data-dir DIR]``."""
-    from xz_serve.settings import XzSettings
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
-    parser.add_argument("--artifacts-dir", type=Path, help="where the artifacts go")
-    parser.add_argument("--data-dir", type=Path, help="the shared data folder")
-    args = parser.parse_args(argv)
-    spec = XzSettings().model
-    updates = {k: v for k, v in {"artifacts_dir": args.artifacts_dir, "data_dir": args.data_dir}.items() if v}
-    spec = spec.model_copy(update=updates)
-    manifest = ensure_artifacts(spec, force=args.force)
-    report_path = Path(spec.artifacts_dir) / REPORT_FILE
+def build_and_report(spec: ModelSpec, force: bool = False) -> Manifest:
+    """``ensure_artifacts``, then the report printed: what ``xz-build`` runs."""
     from xz_serve.artifacts.report import format_report
 
+    manifest = ensure_artifacts(spec, force=force)
+    report_path = Path(spec.artifacts_dir) / REPORT_FILE
     print(f"artifacts: {spec.artifacts_dir} ({manifest.model_id}@{manifest.revision})")
     print(format_report(json.loads(report_path.read_text())))
-
-
-if __name__ == "__main__":
-    main()
+    return manifest

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from xz_serve.artifacts.network import NluNetwork
-from xz_serve.settings import BuildSpec
+from xz_serve.models.spec import BuildSpec
 
 TokenLists = list[list[int]]
 

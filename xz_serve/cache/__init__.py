@@ -3,7 +3,7 @@
 from xz_serve.cache.coalesce import Coalescer
 from xz_serve.cache.codec import CodecError, decode_prediction, encode_prediction
 from xz_serve.cache.exact import ExactCache
-from xz_serve.cache.guard import RedisGuard, connect
+from xz_serve.cache.guard import cache_guard
 from xz_serve.cache.keys import cache_key, norm_for_tokenizer, normalise_text, semantic_namespace
 from xz_serve.cache.semantic import SemanticCache, SemanticHit
 from xz_serve.cache.spec import CacheSpec
@@ -15,11 +15,10 @@ __all__ = [
     "Coalescer",
     "CodecError",
     "ExactCache",
-    "RedisGuard",
     "SemanticCache",
     "SemanticHit",
+    "cache_guard",
     "cache_key",
-    "connect",
     "decode_prediction",
     "encode_prediction",
     "norm_for_tokenizer",

@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 
-from xz_serve.types import TextPrediction
+from xz_serve.kernel.types import TextPrediction
 
 MAGIC = b"XZ\x01"  # format version 1; a value in another format decodes as a miss, never garbage
 _HEADER_LEN = struct.Struct("<I")

@@ -11,9 +11,10 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from xz_serve.cache.guard import RedisGuard
+from xz_serve.cache.guard import cache_guard, cache_stats
 from xz_serve.cache.lru import LruTtlCache
 from xz_serve.cache.spec import CacheSpec
+from xz_serve.kernel.redis import RedisGuard
 
 Layer = Literal["l1", "redis"]
 _tracer = trace.get_tracer("xz_serve.cache")
@@ -82,7 +83,7 @@ class ExactCache:
         l1_ttl_s: float = 300.0,
     ) -> None:
         self.guard = guard
-        self.stats = guard.stats
+        self.stats = cache_stats(guard)
         self.ttl_s = ttl_s
         self.l1 = LruTtlCache(l1_max_entries, l1_ttl_s, self.stats)
         self._background: set[asyncio.Task[bool]] = set()
@@ -92,7 +93,7 @@ class ExactCache:
     def from_spec(cls, spec: CacheSpec, guard: RedisGuard | None = None) -> ExactCache:
         """Cache configured by ``spec``; pass ``guard`` to share one Redis client and outage state."""
         return cls(
-            guard or RedisGuard.from_spec(spec),
+            guard or cache_guard(spec),
             ttl_s=spec.ttl_s,
             l1_max_entries=spec.l1_max_entries,
             l1_ttl_s=spec.l1_ttl_s,

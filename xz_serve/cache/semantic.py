@@ -12,10 +12,11 @@ from typing import NamedTuple
 import numpy as np
 from redis.asyncio import Redis
 
-from xz_serve.cache.guard import RedisGuard
+from xz_serve.cache.guard import cache_guard, cache_stats
 from xz_serve.cache.spec import CacheSpec
 from xz_serve.cache.stats import CacheStats
 from xz_serve.cache.verify import PairVerifier
+from xz_serve.kernel.redis import RedisGuard
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class SemanticCache:
         verifier: PairVerifier | None = None,
     ) -> None:
         self.guard = guard
-        self.stats: CacheStats = guard.stats
+        self.stats: CacheStats = cache_stats(guard)
         self.threshold = threshold
         self.margin = margin
         self.max_entries = max_entries
@@ -183,7 +184,7 @@ class SemanticCache:
     def from_spec(cls, spec: CacheSpec, guard: RedisGuard | None = None) -> SemanticCache:
         """Cache configured by ``spec``; pass ``guard`` to share one Redis client and outage state."""
         return cls(
-            guard or RedisGuard.from_spec(spec),
+            guard or cache_guard(spec),
             threshold=spec.semantic_threshold,
             margin=spec.semantic_margin,
             max_entries=spec.semantic_max_entries,

@@ -15,17 +15,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from opentelemetry import trace
 
-from xz_serve.api.context import RequestContext
 from xz_serve.cache.keys import semantic_namespace
 from xz_serve.cache.semantic import SemanticCache
+from xz_serve.cache.spec import CacheSpec
 from xz_serve.dialog.metrics import DialogMetrics
 from xz_serve.dialog.policy import OOS, Policy, Rule, load_policy
 from xz_serve.dialog.sessions import (
@@ -37,9 +36,12 @@ from xz_serve.dialog.sessions import (
     open_store,
 )
 from xz_serve.dialog.spec import DialogSpec
-from xz_serve.errors import ConflictError, InvalidInputError, PayloadTooLargeError
-from xz_serve.settings import XzSettings
-from xz_serve.types import PredictResult
+from xz_serve.kernel.context import RequestContext
+from xz_serve.kernel.errors import ConflictError, InvalidInputError, PayloadTooLargeError
+from xz_serve.kernel.redis import RedisGuard
+from xz_serve.kernel.spec import StoreSpec
+from xz_serve.kernel.types import PredictResult
+from xz_serve.nlu.shapes import sentiment_json
 from xz_serve.upstream.client import Completion, NoUpstreamError, ReplyStream, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,12 @@ tracer = trace.get_tracer("xz_serve.dialog")
 
 PolicyName = Literal["template", "cache", "llm", "escalate", "fallback"]
 Predict = Callable[[list[str], RequestContext], Awaitable[PredictResult]]
+
+
+class TextMeter(Protocol):
+    """Charges a request's texts to its caller's limits (the access gate)."""
+
+    async def charge_texts(self, ctx: RequestContext, count: int) -> None: ...
 
 
 @dataclass
@@ -98,10 +106,7 @@ class ChatTurn:
                 "confidence": round(self.nlu.confidence, 6),
                 "out_of_scope": self.nlu.out_of_scope,
             },
-            "sentiment": {
-                "label": self.nlu.sentiment,
-                "scores": {k: round(v, 6) for k, v in self.nlu.sentiment_scores.items()},
-            },
+            "sentiment": sentiment_json(self.nlu.sentiment_scores),
             "policy": self.policy,
             "escalated": self.session.escalated,
             "flags": self.flags,
@@ -138,6 +143,7 @@ class DialogService:
         *,
         oos_threshold: float = 0.0,
         metrics: DialogMetrics | None = None,
+        meter: TextMeter | None = None,
     ) -> None:
         self.predict = predict
         self.spec = spec
@@ -147,6 +153,7 @@ class DialogService:
         self.reply_cache = reply_cache
         self.min_confidence = max(oos_threshold, policy.min_confidence)
         self.metrics = metrics or DialogMetrics()
+        self.meter = meter
 
     # -- sessions -----------------------------------------------------------------------------------
     async def get_session(self, tenant: str, session_id: str) -> Session:
@@ -163,7 +170,7 @@ class DialogService:
     def _understand(self, result: PredictResult) -> Understanding:
         pred = result.predictions[0]
         label, confidence = pred.intents[0]
-        oos = pred.out_of_scope or label == OOS or confidence < self.min_confidence
+        oos = label == OOS or pred.out_of_scope_at(self.min_confidence)
         sentiment = max(pred.sentiment, key=pred.sentiment.__getitem__)
         return Understanding(
             OOS if oos else label,
@@ -209,7 +216,8 @@ class DialogService:
             try:
                 if session is None:
                     session = await self.get_session(ctx.tenant, sid)
-                await ctx.charge_texts(1)
+                if self.meter is not None:
+                    await self.meter.charge_texts(ctx, 1)  # the message, against the key's limits
                 nlu = self._understand(await self.predict([message], ctx))
                 session.record_sentiment(nlu.sentiment)
                 rule = self.policy.rule_for(nlu.intent)
@@ -368,38 +376,39 @@ class DialogService:
         await self.store.close()
 
 
-def known_intents(settings: XzSettings) -> set[str] | None:
-    """The model's intent labels (artifacts' labels.json, else the training data's), to check the policy."""
-    labels = Path(settings.model.artifacts_dir) / "labels.json"
-    if labels.exists():
-        return set(json.loads(labels.read_text(encoding="utf-8"))["intents"])
-    train = Path(settings.model.data_dir) / "intent_clinc150" / "train.jsonl"
-    if train.exists():
-        with train.open(encoding="utf-8") as rows:
-            return {json.loads(line)["label"] for line in rows if line.strip()}
-    log.warning("no intent labels found: the policy's intent names are not checked")
-    return None
-
-
-def build_dialog(predict: Predict, settings: XzSettings) -> DialogService:
-    """The service from settings: policy validated now (PolicyError stops the start), session store on
-    the durable Redis, reply cache on the cache Redis (semantic, per intent), upstream pool."""
-    spec = settings.dialog
-    policy = load_policy(spec.policy_path, known_intents(settings))
-    store = open_store(settings.store.redis_url, spec.session_ttl_s, spec.store_timeout_s)
-    cache = None
-    if settings.cache.enabled and spec.reply_cache:  # the cache's threshold and verifier, our margin
+def build_dialog(
+    predict: Predict,
+    spec: DialogSpec,
+    *,
+    store: StoreSpec,
+    store_guard: RedisGuard,
+    cache: CacheSpec,
+    cache_guard: RedisGuard,
+    intents: Collection[str] | None,
+    oos_threshold: float = 0.0,
+    meter: TextMeter | None = None,
+) -> DialogService:
+    """The service: policy validated now against the model's ``intents`` (PolicyError stops the
+    start), sessions on the durable store, reply cache on the cache Redis (semantic, per intent),
+    upstream pool. The guards are the process's shared ones, one per Redis role."""
+    if intents is None:
+        log.warning("no built model labels found: the policy's intent names are not checked")
+    policy = load_policy(spec.policy_path, intents)
+    sessions = open_store(store_guard.client, spec.session_ttl_s, store.session_timeout_ms / 1000)
+    reply_cache = None
+    if cache.enabled and spec.reply_cache:  # the cache's threshold and verifier, our margin
         update: dict[str, Any] = {"semantic_margin": spec.reply_cache_margin}
         if spec.reply_cache_threshold is not None:
             update["semantic_threshold"] = spec.reply_cache_threshold
-        cache_spec = settings.cache.model_copy(update=update)
-        cache = SemanticCache.from_spec(cache_spec)
+        reply_cache = SemanticCache.from_spec(cache.model_copy(update=update), cache_guard)
     pool = UpstreamPool.from_specs(spec.upstreams, spec.prices, spec.fallback_order)
     log.info(
         "dialog: %d policy intents, %d upstreams, reply cache %s, sessions in %s",
         len(policy.intents),
         len(spec.upstreams),
-        "on" if cache else "off",
-        "redis" if settings.store.redis_url else "process memory",
+        "on" if reply_cache else "off",
+        "redis" if store_guard.configured else "process memory",
     )
-    return DialogService(predict, spec, policy, store, pool, cache, oos_threshold=settings.api.oos_threshold)
+    return DialogService(
+        predict, spec, policy, sessions, pool, reply_cache, oos_threshold=oos_threshold, meter=meter
+    )

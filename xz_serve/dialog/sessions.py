@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from xz_serve.errors import XzError
+from xz_serve.kernel.errors import XzError
+from xz_serve.kernel.redis import connect
 
 T = TypeVar("T")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -148,7 +149,9 @@ class RedisSessionStore:
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int, timeout_s: float) -> RedisSessionStore:
-        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        """A store over its own client (tools and tests; the app shares the process's store client)."""
+        client = connect(url, "store", timeout_ms=timeout_s * 1000)
+        assert client is not None
         return cls(client, ttl_s, timeout_s)
 
     async def _call(self, op: Callable[[], Awaitable[T]], what: str) -> T:
@@ -183,7 +186,7 @@ class RedisSessionStore:
         await self._call(lambda: self.client.eval(UNLOCK, 1, key, token), "unlock")  # type: ignore[misc]
 
     async def close(self) -> None:
-        await self.client.aclose()
+        return None  # the client is the process's store client: its guard's owner closes it
 
 
 class MemorySessionStore:
@@ -226,8 +229,8 @@ class MemorySessionStore:
         self._data.clear()
 
 
-def open_store(redis_url: str | None, ttl_s: int, timeout_s: float) -> SessionStore:
-    """The durable store when a URL is configured, else process memory."""
-    if redis_url:
-        return RedisSessionStore.from_url(redis_url, ttl_s, timeout_s)
+def open_store(client: Redis | None, ttl_s: int, timeout_s: float) -> SessionStore:
+    """Sessions on the durable store's client when there is one, else in process memory."""
+    if client is not None:
+        return RedisSessionStore(client, ttl_s, timeout_s)
     return MemorySessionStore(ttl_s)

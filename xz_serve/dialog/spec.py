@@ -87,13 +87,6 @@ class DialogSpec(BaseModel):
     reply_cache_ttl_s: int = Field(
         86_400, ge=1, description="Lifetime of a cached reply (at most the semantic cache's TTL)."
     )
-    store_timeout_s: float = Field(
-        1.0,
-        gt=0,
-        le=30,
-        description="Longest a session read or write may take; slower answers 503 (a session is "
-        "user data: it is never silently dropped the way a cache entry may be).",
-    )
     turn_lock_s: float = Field(
         120.0,
         gt=0,

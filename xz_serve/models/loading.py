@@ -1,25 +1,25 @@
-"""Load the model a replica serves, building the artifacts first when they are missing."""
+"""Load the ONNX model a replica serves from a finished build (building is the artifacts' job)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from xz_serve.artifacts.build import TOKENIZER_FILE, ensure_artifacts, read_manifest
+from xz_serve.models.manifest import TOKENIZER_FILE, read_manifest
 from xz_serve.models.onnx_model import OnnxNluModel, load_labels
-from xz_serve.settings import ModelSpec
+from xz_serve.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
-def load_model(spec: ModelSpec) -> OnnxNluModel:
+def load_onnx_model(spec: ModelSpec) -> OnnxNluModel:
     """The INT8 (or FP32) ONNX model named by ``spec``.
 
     Raises:
-        FileNotFoundError: the artifacts are missing and ``build_if_missing`` is off.
+        FileNotFoundError: no complete build in ``spec.artifacts_dir``.
     """
     artifacts = Path(spec.artifacts_dir)
-    manifest = ensure_artifacts(spec) if spec.build_if_missing else read_manifest(artifacts)
+    manifest = read_manifest(artifacts)
     if manifest is None:
         raise FileNotFoundError(f"no model artifacts in {artifacts}: run `xz-build` first")
     path = manifest.path(artifacts, spec.quantization)

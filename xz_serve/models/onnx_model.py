@@ -10,12 +10,13 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from xz_serve.models.base import Labels, NluOutputs, softmax
+from xz_serve.models.manifest import LABELS_FILE
 from xz_serve.models.preprocess import spell_symbols
 
 
 def load_labels(artifacts_dir: Path) -> Labels:
     """Label names in head order, as the build wrote them."""
-    data = json.loads((artifacts_dir / "labels.json").read_text(encoding="utf-8"))
+    data = json.loads((artifacts_dir / LABELS_FILE).read_text(encoding="utf-8"))
     return Labels(
         intents=tuple(data["intents"]),
         sentiments=tuple(data["sentiments"]),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from xz_serve.kernel.types import TextPrediction
 from xz_serve.models.base import Labels, NluOutputs
-from xz_serve.types import TextPrediction
 
 
 def label_outputs(

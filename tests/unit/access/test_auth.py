@@ -14,10 +14,10 @@ from fastapi import FastAPI
 
 from tests.redis_server import RedisServer
 from tests.unit.fakes import FakeNluClient
-from xz_serve.access.auth import AccessGate, scope_for
+from xz_serve.access.gate import AccessGate, scope_for
 from xz_serve.access.keys import mint
-from xz_serve.api.context import Ctx
-from xz_serve.api.routes import create_api
+from xz_serve.http.app import create_api
+from xz_serve.http.context import Ctx
 from xz_serve.settings import XzSettings
 
 Made = tuple[httpx.AsyncClient, FakeNluClient, AccessGate]
@@ -273,7 +273,7 @@ async def test_store_outage_on_admin_routes(make_app: Make, store_server: RedisS
 
 
 async def test_auth_off_is_open_and_loud(make_app: Make, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="xz_serve.access.auth"):
+    with caplog.at_level(logging.WARNING, logger="xz_serve.access.gate"):
         http, _, _ = await make_app(auth_enabled=False)
     assert any("AUTH IS OFF" in r.message for r in caplog.records)
     response = await http.post("/v1/analyze", json=ANALYZE)
@@ -288,8 +288,8 @@ async def test_a_websocket_under_v1_needs_a_key_too() -> None:
     from starlette.testclient import TestClient
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
-    from xz_serve.access.auth import AccessMiddleware
     from xz_serve.access.spec import AccessSpec
+    from xz_serve.http.middleware.access import AccessMiddleware
 
     async def stream(websocket: WebSocket) -> None:
         await websocket.accept()

@@ -8,8 +8,8 @@ import pytest
 
 from xz_serve.cache.coalesce import Coalescer
 from xz_serve.cache.exact import ExactCache
-from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.spec import CacheSpec
+from xz_serve.kernel.redis import RedisGuard
 
 
 def coalescer() -> Coalescer:

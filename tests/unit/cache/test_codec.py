@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xz_serve.cache.codec import CodecError, decode_prediction, encode_prediction
-from xz_serve.types import TextPrediction
+from xz_serve.kernel.types import TextPrediction
 
 
 def prediction(dim: int = 384) -> TextPrediction:

@@ -9,8 +9,8 @@ from typing import Any
 import redis
 
 from xz_serve.cache.exact import ExactCache
-from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.spec import CacheSpec
+from xz_serve.kernel.redis import RedisGuard
 
 
 class BrokenRedis:

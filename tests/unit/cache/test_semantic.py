@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.semantic import SemanticCache, choose, unit_rows
 from xz_serve.cache.spec import CacheSpec
 from xz_serve.cache.verify import PairVerifier
+from xz_serve.kernel.redis import RedisGuard
 
 
 class Clock:

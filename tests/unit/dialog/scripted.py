@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xz_serve.api.context import RequestContext
-from xz_serve.types import BatchStats, PredictResult, TextPrediction
+from xz_serve.kernel.context import RequestContext
+from xz_serve.kernel.types import BatchStats, PredictResult, TextPrediction
 
 DIM = 64
 MODEL_ID = "scripted@test:int8"

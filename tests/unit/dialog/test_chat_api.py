@@ -13,7 +13,7 @@ import pytest
 from tests.redis_server import RedisServer, redis_or_skip
 from tests.standin import StandinServer
 from tests.unit.fakes import FakeNluClient
-from xz_serve.api.routes import create_api
+from xz_serve.http.app import create_api
 from xz_serve.settings import StoreSpec, XzSettings
 
 # The fake model's intents are balance/greeting/oos/transfer with random-ish confidences: a confidence

@@ -10,14 +10,14 @@ import pytest
 from tests.conftest import ROOT
 from tests.standin import StandinServer
 from tests.unit.dialog.scripted import Said, ScriptedNlu
-from xz_serve.api.context import RequestContext
-from xz_serve.cache.guard import RedisGuard
 from xz_serve.cache.semantic import SemanticCache
 from xz_serve.dialog.policy import load_policy
 from xz_serve.dialog.service import DialogService
 from xz_serve.dialog.sessions import MemorySessionStore, SessionNotFoundError
 from xz_serve.dialog.spec import DialogSpec
-from xz_serve.errors import ConflictError, InvalidInputError, PayloadTooLargeError, RateLimitedError
+from xz_serve.kernel.context import RequestContext
+from xz_serve.kernel.errors import ConflictError, InvalidInputError, PayloadTooLargeError, RateLimitedError
+from xz_serve.kernel.redis import RedisGuard
 from xz_serve.upstream.client import Upstream, UpstreamPool
 from xz_serve.upstream.spec import UpstreamSpec
 
@@ -224,11 +224,14 @@ async def test_a_failed_or_abandoned_turn_releases_the_session() -> None:
     service, _ = make()
     first = await service.chat("hello", None, RequestContext())
 
-    async def refuse(_: int) -> None:
-        raise RateLimitedError("no texts left", retry_after_s=5)
+    class Refusing:
+        async def charge_texts(self, ctx: RequestContext, count: int) -> None:
+            raise RateLimitedError("no texts left", retry_after_s=5)
 
+    service.meter = Refusing()
     with pytest.raises(RateLimitedError):
-        await service.chat("hello", first.session.id, RequestContext(text_meter=refuse))
+        await service.chat("hello", first.session.id, RequestContext())
+    service.meter = None
     turn = await service.begin("hello", first.session.id, RequestContext(), stream=True)
     await service.release(turn)  # what the SSE route does when the client leaves mid-stream
     assert (await service.chat("ok thanks", first.session.id, RequestContext())).policy == "template"

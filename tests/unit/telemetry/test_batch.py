@@ -10,11 +10,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from ray import serve
 
-from xz_serve.batching.replica import NluReplica
+from xz_serve.kernel.types import CallMeta
 from xz_serve.models.fake import FAIL_MARKER, FakeModel
+from xz_serve.nlu.replica import NluReplica
 from xz_serve.settings import BatchSpec, ModelSpec
 from xz_serve.telemetry.propagation import inject
-from xz_serve.types import CallMeta
 
 # @serve.batch binds its queue to the loop that first used it (one loop per replica process in Serve).
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("fresh_batch_queue")]

@@ -1,1 +1,0 @@
-"""HTTP layer: wire models, validation, error mapping, routes and the Serve ingress."""

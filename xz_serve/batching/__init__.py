@@ -1,1 +1,0 @@
-"""Serve replicas that batch concurrent requests into one encoder pass."""

@@ -1,0 +1,45 @@
+"""Command-line entry points that need the composed settings: ``xz-build`` and ``xz-config-doc``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def build_main(argv: list[str] | None = None) -> None:
+    """``xz-build [--force] [--artifacts-dir DIR] [--data-dir DIR]``: train, export, quantize, report.
+
+    Reruns only when an input changed; ``XZ_MODEL__*`` variables apply as they do for the service.
+    """
+    from xz_serve.artifacts.build import build_and_report
+    from xz_serve.settings import XzSettings
+
+    parser = argparse.ArgumentParser(prog="xz-build", description=build_main.__doc__)
+    parser.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
+    parser.add_argument("--artifacts-dir", type=Path, help="where the artifacts go")
+    parser.add_argument("--data-dir", type=Path, help="the shared data folder")
+    args = parser.parse_args(argv)
+    spec = XzSettings().model
+    updates = {k: v for k, v in {"artifacts_dir": args.artifacts_dir, "data_dir": args.data_dir}.items() if v}
+    build_and_report(spec.model_copy(update=updates), force=args.force)
+
+
+def config_doc_main(argv: list[str] | None = None) -> None:
+    """``xz-config-doc [--check] [PATH]``: write (or check) the configuration reference."""
+    from xz_serve.config_doc import render
+
+    parser = argparse.ArgumentParser(prog="xz-config-doc", description=config_doc_main.__doc__)
+    parser.add_argument("path", nargs="?", type=Path, default=Path("docs/configuration.md"))
+    parser.add_argument("--check", action="store_true", help="exit 1 if PATH differs from the settings")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = args.path.read_text(encoding="utf-8") if args.path.exists() else ""
+        if current != text:
+            print(f"{args.path} is out of date: run `xz-config-doc`", file=sys.stderr)
+            raise SystemExit(1)
+        return
+    args.path.parent.mkdir(parents=True, exist_ok=True)
+    args.path.write_text(text, encoding="utf-8")
+    print(f"wrote {args.path}")

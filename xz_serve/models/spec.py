@@ -1,0 +1,63 @@
+"""ModelSpec (which artifacts replicas load, and how) and BuildSpec (how ``xz-build`` makes them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Quantization = Literal["int8", "fp32"]
+
+
+class BuildSpec(_Spec):
+    """How the model artifacts are trained, exported and quantized; all of it feeds the fingerprint."""
+
+    seed: int = Field(13, description="Seed for shuffling, head init and dropout: same seed, same weights.")
+    max_length: int = Field(64, ge=8, le=512, description="Token cap while training; TweetEval's P99 is 45.")
+    trainable_layers: int = Field(
+        6, ge=0, le=6, description="Top encoder layers fine-tuned; the rest stay frozen and are run once."
+    )
+    epochs: int = Field(3, ge=1, le=50, description="Passes over both training sets.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Training batch size.")
+    encoder_lr: float = Field(1e-4, gt=0, description="Learning rate of the fine-tuned encoder layers.")
+    head_lr: float = Field(2e-3, gt=0, description="Learning rate of the intent and sentiment heads.")
+    distill_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the loss that keeps embeddings close to the original MiniLM's, so "
+        "similarity search and the semantic cache keep working after fine-tuning.",
+    )
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing for both heads.")
+    balance_classes: bool = Field(
+        False,
+        description="Weight each class by inverse frequency: the sentiment training split's label "
+        "mix (48% neutral, 19% positive) is not the traffic's, so learn no prior from it.",
+    )
+    quant_per_channel: bool = Field(
+        True, description="Per-channel INT8 weights: keeps accuracy within a point of FP32."
+    )
+
+
+class ModelSpec(_Spec):
+    """Where the artifacts live and which variant replicas load."""
+
+    artifacts_dir: Path = Field(Path("artifacts"), description="Built models, tokenizer, labels, report.")
+    data_dir: Path = Field(Path("../shared/data"), description="Training and validation JSONL sets.")
+    quantization: Quantization = Field("int8", description="Variant replicas load; fp32 for comparison.")
+    build_if_missing: bool = Field(True, description="Build the artifacts on first start if absent.")
+    intra_op_threads: int = Field(
+        0, ge=0, le=64, description="ONNX Runtime threads per replica; 0 means one per CPU given to it."
+    )
+    spin_wait: bool = Field(
+        False,
+        description="Let ONNX Runtime threads spin between ops: lower latency on dedicated cores, "
+        "but it burns CPU that HAProxy, the ingress and other replicas on the node need.",
+    )
+    max_tokens: int = Field(128, ge=8, le=512, description="Tokens per text kept at inference.")
+    build: BuildSpec = Field(default_factory=BuildSpec)
