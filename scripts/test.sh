@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Set up (see setup.sh) and run the whole test suite: lint, unit, config and integration tests.
+# Set up (see setup.sh) and run the whole test suite: lint, the import contract, and the unit,
+# config and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 ruff check xz_serve tests bench
+lint-imports                           # the layer contract in pyproject.toml [tool.importlinter]
 set +e
 python -m pytest "$@"
 status=$?

@@ -45,8 +45,8 @@ class XzSettings(BaseSettings):
     topology: Literal["split", "fused"] = Field(
         "fused",
         description="fused: each replica serves HTTP and runs the model (no actor hop; `nlu` sizes "
-        "it), 2.2x the req/s of split in bench/results/serving.md; split: Ingress and NLU "
-        "deployments scale apart, at one actor hop per request.",
+        "it): the most req/s per core; split: Ingress and NLU deployments scale apart, at one actor "
+        "hop per request.",
     )
     model: ModelSpec = Field(default_factory=ModelSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)

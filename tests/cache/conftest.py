@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from tests.redis_server import RedisServer, redis_or_skip
+from xz_serve.cache.guard import cache_guard
 from xz_serve.cache.spec import CacheSpec
 from xz_serve.kernel.redis import RedisGuard
 
@@ -35,7 +36,7 @@ async def make_guard(make_spec: Callable[..., CacheSpec]) -> AsyncIterator[Calla
     guards: list[RedisGuard] = []
 
     def make(**overrides: object) -> RedisGuard:
-        guards.append(RedisGuard.from_spec(make_spec(**overrides)))
+        guards.append(cache_guard(make_spec(**overrides)))
         return guards[-1]
 
     yield make

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from tests.redis_server import RedisServer
-from tests.unit.api.test_cached_client import OPTIONS, CountingClient
+from tests.unit.nlu.test_cached_client import OPTIONS, CountingClient
 from xz_serve.cache.spec import CacheSpec
 from xz_serve.kernel.context import RequestContext
 from xz_serve.nlu.cached import CachedNluClient

@@ -1,4 +1,4 @@
-"""Traces, metrics and alerts end to end on the real local cluster (issue 4).
+"""Traces, metrics and alerts end to end on the real local cluster.
 
 A split-topology app (ingress replica -> nlu replica through a DeploymentHandle) exports OTLP/HTTP
 to a receiver in this process; this process starts each trace and sends ``traceparent``. A real

@@ -1,1 +1,1 @@
-"""Who may call and how much: API keys, per-key rate limits, deadlines and admission (issue 5)."""
+"""Who may call and how much: API keys, scopes, per-key rate limits (the HTTP layer runs the gate)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from opentelemetry import trace
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from xz_serve.cache.exact import Claim, ExactCache
 from xz_serve.cache.spec import CacheSpec
@@ -246,27 +247,14 @@ class Coalescer:
 
     async def _publish(self, values: dict[str, bytes], token: str) -> None:
         """Values into L1 and Redis, leases released, in one round trip."""
-        ttl = self.cache.ttl_s
-        for key, value in values.items():
-            self.cache.l1.put(key, value, ttl)
-        if self.guard.client is None or self._release is None:
-            return
         release = self._release
 
-        async def write(client: Redis) -> bool:
-            pipe = client.pipeline(transaction=False)
-            for key, value in values.items():
-                pipe.set(key, value, ex=ttl)
-            await release(keys=[lease_key(k) for k in values], args=[token], client=pipe)
-            await pipe.execute()
-            return True
+        async def release_leases(pipe: Pipeline) -> object:
+            assert release is not None
+            return await release(keys=[lease_key(k) for k in values], args=[token], client=pipe)
 
-        with _tracer.start_as_current_span("xz.cache.store") as span:
-            span.set_attribute("xz.cache.keys", len(values))
-            written = await self.guard.call(write, False, "publish")
-            span.set_attribute("xz.cache.written", written)
-        if written:
-            self.stats.redis_writes += len(values)
+        also = release_leases if release is not None else None
+        await self.cache.write(list(values.items()), self.cache.ttl_s, "publish", also)
 
     async def _release_leases(self, keys: list[str], token: str) -> None:
         if self._release is None or not keys:

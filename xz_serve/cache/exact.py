@@ -9,6 +9,7 @@ from typing import Literal
 
 from opentelemetry import trace
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from xz_serve.cache.guard import cache_guard, cache_stats
@@ -92,12 +93,8 @@ class ExactCache:
     @classmethod
     def from_spec(cls, spec: CacheSpec, guard: RedisGuard | None = None) -> ExactCache:
         """Cache configured by ``spec``; pass ``guard`` to share one Redis client and outage state."""
-        return cls(
-            guard or cache_guard(spec),
-            ttl_s=spec.ttl_s,
-            l1_max_entries=spec.l1_max_entries,
-            l1_ttl_s=spec.l1_ttl_s,
-        )
+        sizes = {"ttl_s": spec.ttl_s, "l1_max_entries": spec.l1_max_entries, "l1_ttl_s": spec.l1_ttl_s}
+        return cls(guard or cache_guard(spec), **sizes)
 
     async def lookup(self, keys: Sequence[str], lease: tuple[str, int] | None = None) -> Lookup:
         """Values in the order of ``keys`` with the layer that answered each: L1 first, then one
@@ -187,20 +184,32 @@ class ExactCache:
         pairs = list(items.items() if isinstance(items, Mapping) else items)
         if not pairs:
             return True
-        ttl = ttl_s or self.ttl_s
+        return await self.write(pairs, ttl_s or self.ttl_s, "set pipeline")
+
+    async def write(
+        self,
+        pairs: list[tuple[str, bytes]],
+        ttl_s: int,
+        what: str,
+        also: Callable[[Pipeline], Awaitable[object]] | None = None,
+    ) -> bool:
+        """Values into L1, then into Redis in one pipelined round trip (``also`` may add commands to
+        that pipeline: the coalescer releases its leases with the values). True when Redis took them."""
         for key, value in pairs:
-            self.l1.put(key, value, ttl)
+            self.l1.put(key, value, ttl_s)
 
         async def write(client: Redis) -> bool:
             pipe = client.pipeline(transaction=False)  # no MULTI: independent keys, one round trip
             for key, value in pairs:
-                pipe.set(key, value, ex=ttl)
+                pipe.set(key, value, ex=ttl_s)
+            if also is not None:
+                await also(pipe)
             await pipe.execute()
             return True
 
         with _tracer.start_as_current_span("xz.cache.store") as span:
             span.set_attribute("xz.cache.keys", len(pairs))
-            written = await self.guard.call(write, False, "set pipeline")
+            written = await self.guard.call(write, False, what)
             span.set_attribute("xz.cache.written", written)
         if written:
             self.stats.redis_writes += len(pairs)

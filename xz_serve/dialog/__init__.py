@@ -1,1 +1,1 @@
-"""Conversations: sessions, intent policy, escalation, LLM upstream and reply cache (issue 7)."""
+"""Conversations: sessions, intent policy, escalation, LLM upstream and reply cache."""

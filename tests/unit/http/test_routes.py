@@ -176,7 +176,7 @@ async def test_health_models_and_openapi(client: httpx.AsyncClient) -> None:
 
 def test_no_route_or_dependency_runs_in_a_thread_pool(fake: FakeNluClient) -> None:
     """FastAPI runs a plain ``def`` route or dependency in a thread pool: a hop per request that
-    once cost a third of a cache hit's time. Everything on the request path must be ``async``."""
+    costs more than a cache hit itself. Everything on the request path must be ``async``."""
     from fastapi.routing import APIRoute
 
     def sync_calls(dependant: Any) -> list[str]:
