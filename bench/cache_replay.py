@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from local_servers import RedisServer  # bench/ is sys.path[0]
+from results_md import command_line, write_markdown
 from run import DEFAULT_XZ_ENV, env_file, log, port_in_use, start_server, stop_server, tail, wait_ready
 from texts import BENCH_DIR, DATA_DIR, REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT))
-from tests.redis_server import RedisServer
 
 URL = "http://127.0.0.1:8000"
 WRK_REPLAY = BENCH_DIR / "wrk_replay.lua"
@@ -380,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "host": os.uname().nodename,
             "cpus": os.cpu_count(),
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-            "command": "python bench/cache_replay.py " + " ".join(argv or sys.argv[1:]),
+            "command": command_line("python bench/cache_replay.py", argv),
             "logs": str(log_dir),
         },
     }
@@ -408,8 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if "error" in result:
         return 1
-    md = markdown(result)
-    args.out.with_suffix(".md").write_text(md)
+    md = write_markdown(args.out.with_suffix(".md"), markdown(result), result["meta"]["command"])
     print(md)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0

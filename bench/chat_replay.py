@@ -38,8 +38,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.redis_server import RedisServer
-from tests.standin import StandinServer
+from bench.local_servers import RedisServer, StandinServer
+from bench.results_md import command_line, write_markdown
 from xz_serve.http.app import create_api
 from xz_serve.kernel.types import BatchStats, CallMeta, PredictResult
 from xz_serve.models.postprocess import label_outputs
@@ -89,9 +89,9 @@ class InProcessNlu:
     """NluClient over the INT8 model in this process (one pass per call, in a worker thread)."""
 
     def __init__(self, artifacts: Path) -> None:
-        from xz_serve.models.loading import load_model
+        from xz_serve.models.loading import load_onnx_model
 
-        self.model = load_model(ModelSpec(artifacts_dir=artifacts, build_if_missing=False))
+        self.model = load_onnx_model(ModelSpec(artifacts_dir=artifacts, build_if_missing=False))
         self.lock = asyncio.Lock()
 
     async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult:
@@ -247,7 +247,7 @@ def report(results: dict[str, Any], out: Path) -> None:
                 f"{r['faq_labelled_oos']:.1%}; P50 of cache hits {r['p50_ms_cache_hits']} ms"
             )
     lines += ["", "Target: >= 60% fewer upstream tokens with <= 1% wrong replies."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_markdown(out.with_suffix(".md"), "\n".join(lines), command_line("python -m bench.chat_replay"))
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
 
 

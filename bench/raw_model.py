@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from texts import DATA_DIR, REPO_ROOT, load_texts  # bench/ is sys.path[0] when run as a script
 
-from xz_serve.models.loading import load_model
+from xz_serve.models.loading import load_onnx_model
 from xz_serve.settings import ModelSpec
 
 
@@ -59,7 +59,7 @@ def measure(
         intra_op_threads=threads,
     )
     t0 = time.perf_counter()
-    model = load_model(spec)
+    model = load_onnx_model(spec)
     load_s = time.perf_counter() - t0
     batches = [texts[i : i + batch_size] for i in range(0, len(texts) - batch_size + 1, batch_size)]
     for batch in batches[:2]:  # warm-up: first runs pay for allocation and kernel selection

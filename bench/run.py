@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from texts import BENCH_DIR, LUA_TEXTS, REPO_ROOT, load_texts, write_lua  # bench/ is sys.path[0]
+from results_md import command_line, write_markdown  # bench/ is sys.path[0]
+from texts import BENCH_DIR, LUA_TEXTS, REPO_ROOT, load_texts, write_lua
 
 WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
 DEFAULT_XZ_CMD = "serve run deployments/local.yaml"
@@ -508,8 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(result)
-    args.out.with_suffix(".md").write_text(md)
+    command = command_line("python bench/run.py", argv)
+    md = write_markdown(args.out.with_suffix(".md"), markdown(result), command, "; about 5 minutes")
     print(md)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     failed = (result["raw"] or {}).get("error") or any("error" in s for s in result["systems"].values())

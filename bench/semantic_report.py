@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from results_md import write_markdown  # bench/ is sys.path[0]
+
 TARGETS = {"faq_hit_rate": 0.50, "faq_precision": 0.98, "qqp_precision": 0.95}
 QQP_NOISE = 0.01  # QQP precision differences below this are noise when choosing the cell (see pick)
 FOLDS = 5
@@ -125,8 +127,8 @@ def ceiling(c: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_results(out: Path, grid: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """JSON with every cell, and Markdown tables around the chosen cell."""
+def write_results(out: Path, grid: list[dict[str, Any]], meta: dict[str, Any], command: str) -> None:
+    """JSON with every cell, and Markdown tables around the chosen cell (headed by ``command``)."""
     chosen, met_all = pick(grid)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "targets": TARGETS, "chosen": chosen, "meets_all_targets": met_all, "grid": grid}
@@ -224,4 +226,5 @@ def write_results(out: Path, grid: list[dict[str, Any]], meta: dict[str, Any]) -
             for w in meta.get("chosen_qqp_false_hits", [])
         ],
     ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    md = out.with_suffix(".md")
+    write_markdown(md, "\n".join(lines), command, " and prints the verifier's refitted coefficients")

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 # bench/ is sys.path[0] when run as a script
+from results_md import command_line
 from semantic_fit import L2, auc, fit_logistic, predict, stratified_folds
 from semantic_report import FOLDS, pick, write_results
 
@@ -82,14 +83,14 @@ def embed(texts: list[str], artifacts: Path, quantization: str, cache_dir: Path)
     The model id is read from the manifest first, so a re-run with cached vectors (e.g. to change
     the report) loads no model at all.
     """
-    from xz_serve.artifacts.build import read_manifest
-    from xz_serve.models.loading import load_model
+    from xz_serve.models.loading import load_onnx_model
+    from xz_serve.models.manifest import read_manifest
     from xz_serve.settings import ModelSpec
 
     manifest = read_manifest(artifacts)
     if manifest is None:
         raise SystemExit(f"no manifest in {artifacts}")
-    model_id = f"{manifest.model_id}@{manifest.revision}:{quantization}"  # as load_model names it
+    model_id = f"{manifest.model_id}@{manifest.revision}:{quantization}"  # as load_onnx_model names it
     digest = hashlib.sha256("\x1f".join([model_id, *texts]).encode()).hexdigest()[:12]
     cached = cache_dir / f"xz_semantic_{model_id.replace(':', '_').replace('@', '_')}_{digest}.npy"
     if cached.exists():
@@ -97,7 +98,7 @@ def embed(texts: list[str], artifacts: Path, quantization: str, cache_dir: Path)
     spec = ModelSpec.model_validate(
         {"artifacts_dir": artifacts, "build_if_missing": False, "quantization": quantization}
     )
-    model = load_model(spec)
+    model = load_onnx_model(spec)
     assert model.model_id == model_id, (model.model_id, model_id)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
     out = np.zeros((len(texts), 0), dtype=np.float32)
@@ -354,7 +355,7 @@ def main() -> None:
             for i in wrong
         ]
     meta["seconds"] = round(time.perf_counter() - started, 1)
-    write_results(args.out, grid, meta)
+    write_results(args.out, grid, meta, command_line("python bench/semantic_threshold.py"))
     print(json.dumps({"chosen": chosen, **meta}, indent=1), flush=True)
     print("\n# paste into xz_serve/cache/verify.py if code_matches_fit is false:")
     for name in ("coef", "intercept", "mean", "scale"):

@@ -5,19 +5,13 @@ module imports Ray. Unit tests never start Ray and are unaffected."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
+from bench.local_servers import free_port  # one definition, shared with the benchmarks; tests import it here
+
 ROOT = Path(__file__).parents[1]
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ray_env() -> dict[str, str]:
