@@ -161,9 +161,6 @@ class RedisLimiter:
             for i, (_, limit, _) in enumerate(charges)
         ]
 
-    async def hit(self, bucket: str, limit: int, cost: int = 1) -> Decision:
-        return (await self.hit_all([(bucket, limit, cost)]))[0]
-
 
 class MemoryLimiter:
     """The same sliding window in this process (no store URL: development). Per replica: with N
@@ -203,6 +200,3 @@ class MemoryLimiter:
                 self.grants.pop(bucket, None)
             decisions.append(Decision(fits, limit, limit - u, reset, retry))
         return decisions
-
-    async def hit(self, bucket: str, limit: int, cost: int = 1) -> Decision:
-        return (await self.hit_all([(bucket, limit, cost)]))[0]

@@ -48,7 +48,7 @@ class AccessSpec(BaseModel):
     limits_fail_mode: Literal["open", "closed"] = Field(
         "open",
         description="When the store Redis cannot answer a limit check: `open` lets the request through "
-        "(availability first, counted in xz_access_limiter_errors_total); `closed` answers 503.",
+        "(availability first, counted in xz_access_store_errors_total{op='limit'}); `closed` answers 503.",
     )
     store_backoff_ms: float = Field(
         1000.0,

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from xz_serve.artifacts.data import OOS_LABEL, LabelledSet, apply_oos_threshold
+from xz_serve.artifacts.progress import progress
 from xz_serve.models.base import softmax
 from xz_serve.models.onnx_model import OnnxNluModel
 
@@ -18,7 +18,7 @@ from xz_serve.models.onnx_model import OnnxNluModel
 def run_batches(model: OnnxNluModel, texts: list[str], desc: str) -> tuple[np.ndarray, ...]:
     """Embeddings, intent and sentiment logits for ``texts`` in batches of 64."""
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for start in tqdm(range(0, len(texts), 64), desc=desc, unit="batch", leave=False):
+    for start in progress(range(0, len(texts), 64), desc, unit="batch", leave=False):
         parts.append(model.logits(texts[start : start + 64]))
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from xz_serve.artifacts.network import NluNetwork
+from xz_serve.artifacts.progress import progress
 from xz_serve.models.spec import BuildSpec
 
 TokenLists = list[list[int]]
@@ -83,7 +83,7 @@ def precompute(network: NluNetwork, tokens: TokenLists, stop: int, desc: str) ->
     hidden: list[torch.Tensor | None] = [None] * len(tokens)
     original = torch.zeros(len(tokens), network.intent_head.in_features)
     order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
-    for start in tqdm(range(0, len(order), 128), desc=desc, unit="batch", leave=False):
+    for start in progress(range(0, len(order), 128), desc, unit="batch", leave=False):
         idx = order[start : start + 128]
         ids, mask = pad_ids([tokens[i] for i in idx])
         prefix = network.encode_prefix(ids, mask, stop)
@@ -190,7 +190,7 @@ def train(
         ]
         rng.shuffle(plan)
         losses: list[float] = []
-        bar = tqdm(plan, desc=f"train epoch {epoch + 1}/{spec.epochs}", unit="step")
+        bar = progress(plan, f"train epoch {epoch + 1}/{spec.epochs}", unit="step")
         for task_set, batch in bar:
             hidden, mask = pad([task_set.prefixed.hidden[i] for i in batch])
             embedding, intent, sentiment = network.forward_from(hidden, mask, stop)

@@ -29,7 +29,7 @@ class CacheSpec(BaseModel):
         gt=0,
         le=5000,
         description="Longest a cache round trip may add to a request; slower counts as an error and "
-        "the keys are served as misses. A model pass costs ~10-100 ms, so a slow cache is no cache.",
+        "the keys are served as misses: a cache slower than the model pass it saves is no cache.",
     )
     connect_timeout_ms: float = Field(
         default=200.0,
@@ -84,42 +84,41 @@ class CacheSpec(BaseModel):
         default=False,
         description="Serve near-duplicate questions from the semantic cache. For answers to a curated "
         "set of questions (FAQ-style), not for model predictions of arbitrary text: even with the "
-        "verifier, 30% of hits on QQP's look-alike pairs are not duplicates (held out; cosine alone: "
-        "37%; bench/results/semantic_threshold.md).",
+        "verifier, many hits on look-alike question pairs (QQP) are not duplicates "
+        "(bench/results/semantic_threshold.md).",
     )
     semantic_threshold: float = Field(
         default=0.69,
         ge=0,
         le=1,
-        description="Cosine similarity the nearest entry needs before the verifier is asked. 0.69 with "
-        "margin 0.1 and the verifier at 0.4 serves 53% of StackFAQ rephrasings at 99.7% precision "
-        "against 13k distractors, gives a false hit to 0.7% of questions whose answer is not cached, "
-        "and holds QQP precision at 0.70 (held out) vs 0.63 for cosine alone at 0.75 "
-        "(bench/semantic_threshold.py). Below 0.69 the verifier accepts nothing more.",
+        description="Cosine similarity the nearest entry needs before the verifier is asked; with the "
+        "verifier off, lower means more hits and more wrong ones. The default (with margin 0.1 and the "
+        "verifier at 0.4) is the cell chosen in bench/results/semantic_threshold.md, made by "
+        "bench/semantic_threshold.py; below it the verifier accepts nothing more.",
     )
     semantic_margin: float = Field(
         default=0.1,
         ge=0,
         le=1,
         description="The best entry must beat the best entry with another value by this much, so a "
-        "query between two cached questions is a miss rather than a coin flip (with the verifier, 0.1 "
-        "cuts false hits for uncached questions from 3.0% at margin 0 to 0.7%).",
+        "query between two cached questions is a miss rather than a coin flip; it also cuts false hits "
+        "for questions whose answer is not cached.",
     )
     semantic_verify: bool = Field(
         default=True,
         description="Check the nearest entry with the pair verifier (xz_serve/cache/verify.py: vetoes "
         "for a changed number, name, negation, opposite or word order, then a logistic regression on "
-        "lexical statistics and the cosine; ~20-80 us, no model pass). Needs the text on both sides: "
-        "entries stored without text are not served. Off: cosine alone (QQP precision 0.63 where "
-        "StackFAQ hits 50%; at most 0.90 at any threshold).",
+        "lexical statistics and the cosine; microseconds, no model pass). Needs the text on both sides: "
+        "entries stored without text are not served. Off: cosine alone, less precise on look-alike "
+        "pairs at every threshold.",
     )
     semantic_verify_min_probability: float = Field(
         default=0.4,
         ge=0,
         le=1,
         description="Probability of 'same question' the verifier's regression must give (fitted on QQP, "
-        "5-fold cross-validated). 0.4 keeps StackFAQ's hit rate at 53%; 0.85 raises held-out QQP "
-        "precision to 0.90 but serves 6% of StackFAQ. 0 = vetoes only.",
+        "5-fold cross-validated). Higher trades hits for precision; the default keeps the FAQ hit "
+        "rate up (bench/results/semantic_threshold.md). 0 = vetoes only.",
     )
     semantic_max_entries: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Entries per namespace; the oldest go first."

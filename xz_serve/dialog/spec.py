@@ -73,7 +73,8 @@ class DialogSpec(BaseModel):
         ge=0,
         le=1,
         description="Cosine a cached reply's question needs; None: the semantic cache's threshold "
-        "(`cache.semantic_threshold`). bench/chat_replay.py measures the tokens/wrong-reply trade-off.",
+        "(`cache.semantic_threshold`). Lower saves more tokens and serves more wrong replies "
+        "(bench/chat_replay.py measures the trade-off).",
     )
     reply_cache_margin: float = Field(
         0.0,
@@ -81,8 +82,8 @@ class DialogSpec(BaseModel):
         le=1,
         description="Margin rule of the reply cache (the cache's own `semantic_margin` is for curated "
         "answers). Every LLM reply is a distinct value, so a margin makes paraphrases of one question "
-        "veto each other: on StackFAQ rephrasings, margin 0.1 served 33.5% of them, 0 served 59.1%, at "
-        "0.61% vs 0.76% wrong replies (threshold 0.75 and the pair verifier on in both).",
+        "veto each other: 0 serves far more rephrasings for a slightly higher wrong-reply rate "
+        "(bench/results/chat_replay.md).",
     )
     reply_cache_ttl_s: int = Field(
         86_400, ge=1, description="Lifetime of a cached reply (at most the semantic cache's TTL)."

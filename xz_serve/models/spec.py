@@ -19,7 +19,9 @@ class BuildSpec(_Spec):
     """How the model artifacts are trained, exported and quantized; all of it feeds the fingerprint."""
 
     seed: int = Field(13, description="Seed for shuffling, head init and dropout: same seed, same weights.")
-    max_length: int = Field(64, ge=8, le=512, description="Token cap while training; TweetEval's P99 is 45.")
+    max_length: int = Field(
+        64, ge=8, le=512, description="Token cap while training; longer than nearly every TweetEval text."
+    )
     trainable_layers: int = Field(
         6, ge=0, le=6, description="Top encoder layers fine-tuned; the rest stay frozen and are run once."
     )
@@ -37,10 +39,12 @@ class BuildSpec(_Spec):
     balance_classes: bool = Field(
         False,
         description="Weight each class by inverse frequency: the sentiment training split's label "
-        "mix (48% neutral, 19% positive) is not the traffic's, so learn no prior from it.",
+        "mix (neutral-heavy) is not the traffic's, so learn no prior from it.",
     )
     quant_per_channel: bool = Field(
-        True, description="Per-channel INT8 weights: keeps accuracy within a point of FP32."
+        True,
+        description="Per-channel INT8 weights (one scale per output channel, not per tensor): keeps "
+        "INT8 accuracy close to FP32.",
     )
 
 

@@ -1,4 +1,4 @@
-"""Traces (OpenTelemetry), metrics (Ray -> Prometheus) and structured logs (issue 4).
+"""Traces (OpenTelemetry), metrics (Ray -> Prometheus) and structured logs.
 
 ``configure_telemetry(spec, component)`` is what a Serve replica calls in its constructor.
 """

@@ -1,1 +1,1 @@
-"""OpenAI-compatible chat-completions upstreams: pooled HTTP, retries, circuit breakers, usage (issue 7)."""
+"""OpenAI-compatible chat-completions upstreams: pooled HTTP, retries, circuit breakers, usage."""

@@ -1,0 +1,62 @@
+"""label_outputs: top-k intents best first, the sentiment distribution, and the out-of-scope flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xz_serve.models.base import Labels, NluOutputs
+from xz_serve.models.postprocess import label_outputs
+
+LABELS = Labels(
+    intents=("balance", "greeting", "oos", "transfer"),
+    sentiments=("negative", "neutral", "positive"),
+    oos_threshold=0.5,
+)
+
+
+def outputs(intent_rows: list[list[float]]) -> NluOutputs:
+    n = len(intent_rows)
+    embeddings = np.eye(n, 8, dtype=np.float32)
+    sentiment = np.tile(np.array([[0.2, 0.3, 0.5]]), (n, 1))
+    return NluOutputs(embeddings, np.array(intent_rows), sentiment, token_counts=[99] * n)
+
+
+def test_top_k_intents_come_best_first_with_their_probabilities() -> None:
+    [pred] = label_outputs(outputs([[0.1, 0.6, 0.05, 0.25]]), LABELS, [7], top_k=3)
+    assert [name for name, _ in pred.intents] == ["greeting", "transfer", "balance"]
+    assert [p for _, p in pred.intents] == pytest.approx([0.6, 0.25, 0.1])
+    assert all(isinstance(p, float) for _, p in pred.intents)
+    assert not pred.out_of_scope
+
+
+def test_top_k_is_capped_at_the_number_of_intents() -> None:
+    [pred] = label_outputs(outputs([[0.1, 0.6, 0.05, 0.25]]), LABELS, [7], top_k=50)
+    assert [name for name, _ in pred.intents] == ["greeting", "transfer", "balance", "oos"]
+
+
+def test_out_of_scope_by_label() -> None:
+    [pred] = label_outputs(outputs([[0.1, 0.1, 0.7, 0.1]]), LABELS, [3], top_k=1)
+    assert pred.intents == [("oos", pytest.approx(0.7))]
+    assert pred.out_of_scope
+
+
+def test_out_of_scope_by_threshold_but_the_top_intent_is_still_reported() -> None:
+    low, at = label_outputs(outputs([[0.3, 0.2, 0.1, 0.4], [0.5, 0.2, 0.1, 0.2]]), LABELS, [3, 4], top_k=2)
+    assert low.intents[0] == ("transfer", pytest.approx(0.4)) and low.out_of_scope  # 0.4 < 0.5
+    assert at.intents[0] == ("balance", pytest.approx(0.5)) and not at.out_of_scope  # the floor itself passes
+
+
+def test_zero_threshold_flags_only_the_oos_label() -> None:
+    labels = Labels(LABELS.intents, LABELS.sentiments)  # oos_threshold defaults to 0
+    preds = label_outputs(outputs([[0.3, 0.2, 0.1, 0.4], [0.1, 0.1, 0.7, 0.1]]), labels, [1, 1], top_k=1)
+    assert [p.out_of_scope for p in preds] == [False, True]
+
+
+def test_rows_keep_input_order_with_their_own_sentiment_embedding_and_tokens() -> None:
+    out = outputs([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]])
+    first, second = label_outputs(out, LABELS, [5, 11], top_k=1)
+    assert (first.intents[0][0], second.intents[0][0]) == ("balance", "transfer")
+    assert first.sentiment == pytest.approx({"negative": 0.2, "neutral": 0.3, "positive": 0.5})
+    np.testing.assert_array_equal(second.embedding, out.embeddings[1])
+    assert (first.tokens, second.tokens) == (5, 11)  # the token_counts argument, not outputs'
