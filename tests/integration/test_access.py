@@ -92,7 +92,7 @@ def test_limit_is_cluster_wide(auth_url: str, redis_store: RedisServer) -> None:
     assert refused.headers["x-ratelimit-limit"] == str(n) and refused.headers["x-ratelimit-remaining"] == "0"
     # Both replicas enforced the limit: each opened its own connection to the store (named by pid).
     with redis.Redis.from_url(redis_store.url) as store:
-        names = {c["name"] for c in store.client_list() if c["name"].startswith("xz-access-")}
+        names = {c["name"] for c in store.client_list() if c["name"].startswith("xz-store-")}
     print(f"store clients of the access layer: {sorted(names)}")
     assert len(names) >= 2
 
