@@ -21,9 +21,15 @@ ROOT = Path(__file__).parents[2]
 
 
 def local_args() -> dict[str, Any]:
-    """The args of deployments/local.yaml: tests run the app newcomers run."""
+    """The args of deployments/local.yaml: tests run the app newcomers run.
+
+    Except that replicas load the artifacts that are there and never build: scripts/test.sh builds
+    them before the suite, and a replica that found its fingerprint changed (an edited build
+    module) would otherwise train for a quarter of an hour inside a test.
+    """
     config = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
     args: dict[str, Any] = config["applications"][0]["args"]
+    args["model"] = {**args.get("model", {}), "build_if_missing": False}
     return args
 
 
