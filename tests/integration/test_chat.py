@@ -84,15 +84,66 @@ def test_multi_turn_session_survives_a_store_restart(chat_url: str, redis_store:
 
 
 def test_reply_cache_serves_a_repeated_how_to_question(chat_url: str, standin: StandinServer) -> None:
-    question = "how do i change a flat tire"
+    question = "how do i change the oil in my car"
     first = chat(chat_url, question)
-    assert first["intent"]["label"] in {"tire_change", "oos"}  # both rules are cacheable how-to answers
+    assert first["intent"]["label"] == "oil_change_how"  # a cacheable how-to rule
     assert first["policy"] in {"llm", "cache"}
     sent = standin.stats()["requests"]
     time.sleep(0.5)  # beyond the semantic cache's refresh interval
     again = chat(chat_url, question)
     assert again["policy"] == "cache" and again["reply"] == first["reply"]
     assert standin.stats()["requests"] == sent  # no upstream call
+
+
+def test_out_of_scope_replies_are_never_cached(chat_url: str, standin: StandinServer) -> None:
+    """Out of scope receives any text no intent recognised: its replies are never reused."""
+    question = "what is the capital of mongolia"
+    sent = standin.stats()["requests"]
+    first = chat(chat_url, question)
+    assert first["intent"]["out_of_scope"] and first["policy"] == "llm"
+    time.sleep(0.5)
+    again = chat(chat_url, question)
+    assert again["policy"] == "llm" and again["cache"] is None
+    assert standin.stats()["requests"] == sent + 2
+
+
+def test_the_deadline_bounds_a_turn_through_serve(chat_url: str, standin: StandinServer) -> None:
+    """A 500 ms deadline with a 3 s upstream: 504 at the deadline through Serve's ingress, and a
+    stream past its 1 s deadline ends with an error event; neither turn is saved."""
+    first = chat(chat_url, "hi there")
+    sid = first["session_id"]
+    payload = {"message": "please transfer 40 dollars to my landlord", "session_id": sid}
+    standin.faults(latency_ms=3000)
+    try:
+        started = time.monotonic()
+        late = httpx.post(
+            f"{chat_url}/v1/chat", json=payload, headers={"x-request-timeout-ms": "500"}, timeout=30
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        standin.faults(latency_ms=0)
+    assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded", late.text
+    assert elapsed < 1.5, elapsed
+    standin.faults(chunk_delay_ms=150)
+    try:
+        events: list[Any] = []
+        started = time.monotonic()
+        headers = {"x-request-timeout-ms": "1000"}
+        with httpx.stream(
+            "POST", f"{chat_url}/v1/chat", json={**payload, "stream": True}, headers=headers, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    data = line[len("data: ") :]
+                    events.append(data if data == "[DONE]" else json.loads(data))
+        elapsed = time.monotonic() - started
+    finally:
+        standin.faults(chunk_delay_ms=0)
+    assert events[-1] == "[DONE]" and events[-2]["type"] == "error", events[-3:]
+    assert events[-2]["error"]["code"] == "deadline_exceeded" and elapsed < 2.0, elapsed
+    session = httpx.get(f"{chat_url}/v1/sessions/{sid}", timeout=10).json()
+    assert len(session["turns"]) == 2  # only the first turn was saved
 
 
 def test_streaming_over_http(chat_url: str, standin: StandinServer) -> None:

@@ -4,8 +4,10 @@ Each rule is one of three actions: ``template`` (a fixed reply), ``llm`` (ask th
 system prompt) or ``handoff`` (a human takes over). A rule may be ``cacheable``: its replies then
 come from the semantic reply cache for near-duplicate questions, which is only allowed for llm rules
 that are neither ``personal`` (the answer depends on who asks: balance, transactions) nor
-``time_sensitive`` (the answer changes: time, weather). The validator refuses the file otherwise,
-and refuses intents the model does not know, so a typo cannot silently route traffic to the default.
+``time_sensitive`` (the answer changes: time, weather). ``out_of_scope`` is never cacheable: it
+receives any text no intent recognised, so no rule about what its questions are can hold for it.
+The validator refuses the file otherwise, and refuses intents the model does not know, so a typo
+cannot silently route traffic to the default.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Action = Literal["template", "llm", "handoff"]
 OOS = "oos"
@@ -62,9 +64,19 @@ class Policy(_Strict):
     )
     fallback: str = Field(description="Honest reply when the LLM is needed but none can answer.")
     escalation: str = Field(description="Reply when the conversation is handed to a human.")
-    out_of_scope: Rule = Field(description="Rule for `oos` and low-confidence messages.")
+    out_of_scope: Rule = Field(description="Rule for `oos` and low-confidence messages; never cacheable.")
     default: Rule = Field(description="Rule for known intents not listed under `intents`.")
     intents: dict[str, Rule] = Field(default_factory=dict, description="Rule per intent label.")
+
+    @field_validator("out_of_scope")
+    @classmethod
+    def _catch_all_not_cached(cls, rule: Rule) -> Rule:
+        if rule.cacheable:
+            raise ValueError(
+                "the out_of_scope rule must not be cacheable: it receives any text no intent "
+                "recognised, personal questions included"
+            )
+        return rule
 
     def rule_for(self, intent: str) -> Rule:
         if intent == OOS:

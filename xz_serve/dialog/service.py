@@ -8,10 +8,17 @@ rule replies from the policy; an llm rule is served from the reply cache when th
 cacheable and a near-duplicate question of the same intent was answered, else asks the upstream.
 No upstream configured, every breaker open, or every retry failed: the rule's honest fallback
 reply (policy ``fallback``, flagged), never a 5xx.
+
+The request's deadline bounds the whole turn, the upstream call and a streamed reply included: past
+it the turn is dropped (504, or an error event once a stream has begun) and nothing is saved. The
+save is fenced by the turn lock (``sessions.py``); a store that stalls is retried while the deadline
+allows. A lock that could not be released (the store stalled) is released in the background as soon
+as the store answers again, so a short stall does not keep the session busy for ``turn_lock_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -33,11 +40,18 @@ from xz_serve.dialog.sessions import (
     SessionStore,
     StoreUnavailableError,
     Turn,
+    TurnLockLostError,
     open_store,
 )
 from xz_serve.dialog.spec import DialogSpec
 from xz_serve.kernel.context import RequestContext
-from xz_serve.kernel.errors import ConflictError, InvalidInputError, PayloadTooLargeError
+from xz_serve.kernel.deadline import remaining_s
+from xz_serve.kernel.errors import (
+    ConflictError,
+    DeadlineExceededError,
+    InvalidInputError,
+    PayloadTooLargeError,
+)
 from xz_serve.kernel.redis import RedisGuard
 from xz_serve.kernel.spec import StoreSpec
 from xz_serve.kernel.types import PredictResult
@@ -45,6 +59,10 @@ from xz_serve.nlu.shapes import sentiment_json
 from xz_serve.upstream.client import Completion, NoUpstreamError, ReplyStream, UpstreamPool
 
 log = logging.getLogger(__name__)
+
+SAVE_BACKOFF_S = (0.1, 1.0)  # first and longest pause between save attempts while the store stalls
+UNLOCK_BACKOFF_S = (0.2, 2.0)  # the same for a lock released in the background
+UNLOCK_MIN_S = 0.1  # a release gets at least this long in the foreground, even past the deadline
 
 
 def _inc(counter: Any, value: float, tags: dict[str, str]) -> None:
@@ -95,6 +113,7 @@ class ChatTurn:
     cacheable: bool = False
     started: float = field(default_factory=time.perf_counter)
     lock_token: str | None = None  # the session's turn lock, held until the turn is saved
+    deadline: float | None = None  # the request's, epoch seconds
 
     def meta(self) -> dict[str, Any]:
         """Everything about the turn except the reply text (first SSE event, and part of the body)."""
@@ -154,6 +173,7 @@ class DialogService:
         self.min_confidence = max(oos_threshold, policy.min_confidence)
         self.metrics = metrics or DialogMetrics()
         self.meter = meter
+        self._unlocking: set[asyncio.Task[None]] = set()  # locks being released in the background
 
     # -- sessions -----------------------------------------------------------------------------------
     async def get_session(self, tenant: str, session_id: str) -> Session:
@@ -202,6 +222,11 @@ class DialogService:
             raise InvalidInputError("message must not be empty", code="empty_message")
         if len(message) > self.spec.max_message_chars:
             raise PayloadTooLargeError(f"message exceeds {self.spec.max_message_chars} characters")
+        if not message.isascii():
+            try:  # JSON may escape a lone surrogate (\ud800): no tokenizer, hash or store can take it
+                message.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInputError("message is not valid Unicode", code="invalid_text") from None
         with tracer.start_as_current_span("xz.dialog.turn") as span:
             new = session_id is None
             session = Session.new(ctx.tenant) if session_id is None else None
@@ -221,10 +246,12 @@ class DialogService:
                 nlu = self._understand(await self.predict([message], ctx))
                 session.record_sentiment(nlu.sentiment)
                 rule = self.policy.rule_for(nlu.intent)
-                turn = ChatTurn(session, new, message, nlu, rule, "template", lock_token=token)
+                turn = ChatTurn(
+                    session, new, message, nlu, rule, "template", lock_token=token, deadline=ctx.deadline
+                )
                 await self._decide(turn, ctx, stream)
             except BaseException:
-                await self._unlock(ctx.tenant, sid, token)
+                await self._unlock(ctx.tenant, sid, token, ctx.deadline)
                 raise
             span.set_attribute("xz.dialog.policy", turn.policy)
             span.set_attribute("xz.dialog.intent", nlu.intent)
@@ -237,13 +264,39 @@ class DialogService:
             await turn.stream.close()
         token, turn.lock_token = turn.lock_token, None
         if token is not None:
-            await self._unlock(turn.session.tenant, turn.session.id, token)
+            await self._unlock(turn.session.tenant, turn.session.id, token, turn.deadline)
 
-    async def _unlock(self, tenant: str, session_id: str, token: str) -> None:
+    async def _unlock(self, tenant: str, session_id: str, token: str, deadline: float | None) -> None:
+        """Release the lock now, within the deadline (at least ``UNLOCK_MIN_S``); if the store does
+        not answer in that time, keep trying in the background, so that the response is not held
+        and the session is free as soon as the store answers again."""
+        bound = None if deadline is None else max(UNLOCK_MIN_S, deadline - time.time())
         try:
-            await self.store.unlock(tenant, session_id, token)
-        except StoreUnavailableError:  # the lock expires by itself after dialog.turn_lock_s
-            log.warning("could not release the lock of session %s; it expires by itself", session_id)
+            async with asyncio.timeout(bound):
+                await self.store.unlock(tenant, session_id, token)
+            return
+        except (StoreUnavailableError, TimeoutError):
+            log.warning(
+                "could not release the lock of session %s yet; retrying it in the background", session_id
+            )
+        task = asyncio.create_task(self._unlock_later(tenant, session_id, token))
+        self._unlocking.add(task)
+        task.add_done_callback(self._unlocking.discard)
+
+    async def _unlock_later(self, tenant: str, session_id: str, token: str) -> None:
+        """Retry a release until it succeeds or the lock has expired by itself anyway."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.spec.turn_lock_s
+        delay, longest = UNLOCK_BACKOFF_S
+        while loop.time() + delay < until:
+            await asyncio.sleep(delay)
+            try:
+                await self.store.unlock(tenant, session_id, token)
+            except StoreUnavailableError:
+                delay = min(2 * delay, longest)
+                continue
+            log.info("released the lock of session %s after a store stall", session_id)
+            return
 
     async def _decide(self, turn: ChatTurn, ctx: RequestContext, stream: bool) -> None:
         session, rule = turn.session, turn.rule
@@ -268,17 +321,20 @@ class DialogService:
         if not self.upstreams:
             self._fallback(turn, "no_upstream")
             return
-        messages = self._messages(turn)
+        messages, tokens, deadline = self._messages(turn), self.spec.max_reply_tokens, ctx.deadline
         try:
             if stream:
-                turn.stream = await self.upstreams.stream(messages, self.spec.max_reply_tokens)
+                turn.stream = await self.upstreams.stream(messages, tokens, deadline=deadline)
                 turn.policy = "llm"
             else:
-                turn.completion = await self.upstreams.complete(messages, self.spec.max_reply_tokens)
+                turn.completion = await self.upstreams.complete(messages, tokens, deadline=deadline)
                 turn.policy, turn.reply = "llm", turn.completion.text
         except NoUpstreamError as exc:
             self._fallback(turn, "breaker_open" if exc.breaker_open else "upstream_failed")
             self.metrics.llm_calls.inc(tags={"upstream": "all", "outcome": "failed"})
+        except DeadlineExceededError:
+            self.metrics.llm_calls.inc(tags={"upstream": "all", "outcome": "deadline"})
+            raise
         finally:
             self.metrics.breakers(self.upstreams.breaker_states())
 
@@ -333,20 +389,50 @@ class DialogService:
         session.last_intent = nlu.intent
         if turn.completion is not None:
             self._account(turn, ctx)
-            if turn.cacheable and ctx.cache_write and "stream_interrupted" not in turn.flags:
-                usage = turn.completion.usage
-                value = json.dumps({"reply": turn.reply, "question": turn.message, "tokens": usage.total})
-                await self.reply_cache.store(  # type: ignore[union-attr]
-                    self._namespace(nlu, ctx.tenant),
-                    nlu.embedding,
-                    value.encode(),
-                    ttl_s=self.spec.reply_cache_ttl_s,
-                    text=turn.message,
-                )
-        await self.store.save(session)
+        await self._save(turn)
+        whole = "stream_interrupted" not in turn.flags  # only a whole reply is reused
+        if turn.completion is not None and turn.cacheable and ctx.cache_write and whole:
+            usage = turn.completion.usage
+            value = json.dumps({"reply": turn.reply, "question": turn.message, "tokens": usage.total})
+            await self.reply_cache.store(  # type: ignore[union-attr]
+                self._namespace(nlu, ctx.tenant),
+                nlu.embedding,
+                value.encode(),
+                ttl_s=self.spec.reply_cache_ttl_s,
+                text=turn.message,
+            )
         self.metrics.turns.inc(tags={"policy": turn.policy})
         elapsed_ms = (time.perf_counter() - turn.started) * 1000
         self.metrics.reply_latency.observe(elapsed_ms, tags={"policy": turn.policy})
+
+    async def _save(self, turn: ChatTurn) -> None:
+        """Save under the turn's lock; while the store stalls, try again as long as the deadline
+        leaves time (without a deadline, once).
+
+        Raises:
+            DeadlineExceededError: the deadline passed before the save began; nothing was saved.
+            StoreUnavailableError: the store did not take the save in time.
+            TurnLockLostError, SessionNotFoundError: the lock expired, or the session was deleted.
+        """
+        token = turn.lock_token
+        if token is None:
+            raise TurnLockLostError(f"session {turn.session.id!r}: this turn no longer holds its lock")
+        delay, longest = SAVE_BACKOFF_S
+        while True:
+            left = remaining_s(turn.deadline)
+            try:
+                async with asyncio.timeout(left):
+                    await self.store.save(turn.session, token)
+                return
+            except (StoreUnavailableError, TimeoutError) as exc:
+                failed = exc
+            if turn.deadline is None or turn.deadline - time.time() <= delay:
+                if isinstance(failed, StoreUnavailableError):
+                    raise failed
+                raise StoreUnavailableError("the session store failed to write in time", retry_after_s=1)
+            log.warning("saving session %s failed (%s); retrying in %.1f s", turn.session.id, failed, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, longest)
 
     def _account(self, turn: ChatTurn, ctx: RequestContext) -> None:
         completion = turn.completion
@@ -372,6 +458,8 @@ class DialogService:
         return turn
 
     async def close(self) -> None:
+        for task in list(self._unlocking):  # their locks expire by themselves
+            task.cancel()
         await self.upstreams.close()
         await self.store.close()
 

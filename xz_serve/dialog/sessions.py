@@ -6,6 +6,12 @@ in the cache Redis that evicts under memory pressure. Each session is one JSON v
 disappears by itself; ``DELETE /v1/sessions/{id}`` removes it at once. Turns are bounded (oldest
 dropped). Unlike the cache, a store failure is an error (503), not a silent miss: dropping a
 conversation's history without telling anyone is worse than asking the client to retry.
+
+A turn holds the session's turn lock from reading the session to saving it, and the save is fenced
+by the lock's token: one script checks that the token still holds the lock and writes, so a turn
+whose lock expired (and may have been taken by a later turn) can never overwrite that later turn.
+Deleting a session removes its lock with it and, while that lock would have lived, leaves a
+tombstone: the running turn's save is refused and the session does not come back.
 """
 
 from __future__ import annotations
@@ -42,6 +48,14 @@ class SessionNotFoundError(XzError):
 
     status = 404
     code = "session_not_found"
+
+
+class TurnLockLostError(XzError):
+    """The turn's lock expired before its save, and another turn may have saved since: this turn's
+    reply was not saved (the session keeps what the later turn wrote)."""
+
+    status = 409
+    code = "turn_lock_expired"
 
 
 class Turn(BaseModel):
@@ -103,8 +117,20 @@ class Session(BaseModel):
 
 class SessionStore(Protocol):
     async def get(self, tenant: str, session_id: str) -> Session | None: ...
-    async def save(self, session: Session) -> None: ...
-    async def delete(self, tenant: str, session_id: str) -> bool: ...
+    async def save(self, session: Session, token: str) -> None:
+        """Write the session if ``token`` still holds its turn lock.
+
+        Raises:
+            TurnLockLostError: the lock expired or belongs to another turn; nothing was written.
+            SessionNotFoundError: the session was deleted during the turn; nothing was written.
+        """
+        ...
+
+    async def delete(self, tenant: str, session_id: str) -> bool:
+        """Remove the session and its turn lock (a running turn's save is then refused); True if
+        there was a session or a turn in progress."""
+        ...
+
     async def lock(self, tenant: str, session_id: str, ttl_s: float) -> str | None:
         """Take the session's turn lock: a token to unlock with, or None if another turn holds it."""
         ...
@@ -124,6 +150,24 @@ def lock_key(tenant: str, session_id: str) -> str:
     return f"xz:v1:session-lock:{tenant}:{session_id}"
 
 
+def tombstone_key(tenant: str, session_id: str) -> str:
+    return f"xz:v1:session-deleted:{tenant}:{session_id}"
+
+
+def _deleted_during_turn(session_id: str) -> SessionNotFoundError:
+    return SessionNotFoundError(
+        f"session {session_id!r} was deleted while this turn ran; the turn was not saved"
+    )
+
+
+def _lock_lost(session_id: str) -> TurnLockLostError:
+    return TurnLockLostError(
+        f"the turn lock of session {session_id!r} expired before this turn was saved; "
+        "the reply was not saved",
+        retry_after_s=1,
+    )
+
+
 # Take the lock, or find it already ours: `_call` retries a command whose connection died, and a
 # first SET that reached Redis before the reply was lost must not make our own lock look busy.
 LOCK = """
@@ -136,6 +180,29 @@ return 0
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# Save fenced by the lock: KEYS session, lock, tombstone; ARGV token, value, TTL (s). -1 deleted
+# during the turn, 0 the lock is not ours (expired, maybe retaken), 1 written. Run again after a
+# lost reply, it writes the same value again.
+SAVE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+# Delete the session and its lock; a tombstone lives as long as the lock would have, so the turn
+# holding it learns why its save is refused. KEYS session, lock, tombstone.
+DELETE = """
+local removed = redis.call('DEL', KEYS[1])
+local left = redis.call('PTTL', KEYS[2])
+if left > 0 then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[3], '1', 'PX', left)
+  return 1
+end
+return removed
 """
 
 
@@ -168,12 +235,26 @@ class RedisSessionStore:
         raw = await self._call(lambda: self.client.get(session_key(tenant, session_id)), "read")
         return None if raw is None else Session.model_validate_json(raw)
 
-    async def save(self, session: Session) -> None:
-        key, value = session_key(session.tenant, session.id), session.model_dump_json()
-        await self._call(lambda: self.client.set(key, value, ex=self.ttl_s), "write")
+    async def save(self, session: Session, token: str) -> None:
+        tenant, sid = session.tenant, session.id
+        keys = (session_key(tenant, sid), lock_key(tenant, sid), tombstone_key(tenant, sid))
+        value = session.model_dump_json()
+        written = await self._call(
+            lambda: self.client.eval(SAVE, 3, *keys, token, value, self.ttl_s),  # type: ignore[misc]
+            "write",
+        )
+        if written == -1:
+            raise _deleted_during_turn(sid)
+        if written != 1:
+            raise _lock_lost(sid)
 
     async def delete(self, tenant: str, session_id: str) -> bool:
-        removed = await self._call(lambda: self.client.delete(session_key(tenant, session_id)), "delete")
+        keys = (
+            session_key(tenant, session_id),
+            lock_key(tenant, session_id),
+            tombstone_key(tenant, session_id),
+        )
+        removed = await self._call(lambda: self.client.eval(DELETE, 3, *keys), "delete")  # type: ignore[misc]
         return bool(removed)
 
     async def lock(self, tenant: str, session_id: str, ttl_s: float) -> str | None:
@@ -197,6 +278,7 @@ class MemorySessionStore:
         self._clock = clock
         self._data: dict[str, tuple[float, str]] = {}
         self._locks: dict[str, tuple[float, str]] = {}  # key -> (expires, token)
+        self._tombstones: dict[str, float] = {}  # key -> expires
 
     async def get(self, tenant: str, session_id: str) -> Session | None:
         item = self._data.get(session_key(tenant, session_id))
@@ -204,12 +286,24 @@ class MemorySessionStore:
             return None
         return Session.model_validate_json(item[1])
 
-    async def save(self, session: Session) -> None:
-        expires = self._clock() + self.ttl_s
-        self._data[session_key(session.tenant, session.id)] = (expires, session.model_dump_json())
+    async def save(self, session: Session, token: str) -> None:
+        tenant, sid, now = session.tenant, session.id, self._clock()
+        if self._tombstones.get(tombstone_key(tenant, sid), 0.0) > now:
+            raise _deleted_during_turn(sid)
+        held = self._locks.get(lock_key(tenant, sid))
+        if held is None or held[0] <= now or held[1] != token:
+            raise _lock_lost(sid)
+        self._data[session_key(tenant, sid)] = (now + self.ttl_s, session.model_dump_json())
 
     async def delete(self, tenant: str, session_id: str) -> bool:
-        return self._data.pop(session_key(tenant, session_id), None) is not None
+        now = self._clock()
+        self._tombstones = {k: t for k, t in self._tombstones.items() if t > now}
+        item = self._data.pop(session_key(tenant, session_id), None)
+        held = self._locks.pop(lock_key(tenant, session_id), None)
+        if held is not None and held[0] > now:
+            self._tombstones[tombstone_key(tenant, session_id)] = held[0]
+            return True
+        return item is not None and item[0] > now
 
     async def lock(self, tenant: str, session_id: str, ttl_s: float) -> str | None:
         key, now = lock_key(tenant, session_id), self._clock()

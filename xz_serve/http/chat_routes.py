@@ -3,7 +3,10 @@
 Thin HTTP layer over ``DialogService``: validates the body, maps ids to 400/404, and turns a
 streamed turn into Server-Sent Events: one ``meta`` event (session, intent, sentiment, policy)
 before the first byte of the reply, ``delta`` events as the upstream produces text, a ``done``
-event with the whole reply and its usage, then ``data: [DONE]`` (OpenAI's terminator).
+event with the whole reply and its usage once the turn is saved, then ``data: [DONE]`` (OpenAI's
+terminator). A turn that fails once the response has begun (the deadline, a store that does not
+take the save, a session deleted meanwhile) ends with an ``error`` event carrying the same code and
+message as the JSON error would, then ``data: [DONE]``; it has no ``done`` event and was not saved.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from xz_serve.dialog.sessions import SESSION_ID
 from xz_serve.http.context import Ctx
 from xz_serve.http.schemas import ChatRequest, ChatResponse, ErrorResponse
 from xz_serve.kernel.context import RequestContext
-from xz_serve.kernel.errors import InvalidInputError
+from xz_serve.kernel.errors import InvalidInputError, XzError
 from xz_serve.upstream.client import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,13 @@ def _check_id(session_id: str) -> str:
 def _sse(data: dict[str, Any] | str) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     return f"data: {payload}\n\n".encode()
+
+
+def _error_event(exc: XzError) -> bytes:
+    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.retry_after_s:
+        error["retry_after_s"] = exc.retry_after_s
+    return _sse({"type": "error", "error": error})
 
 
 class TurnStream(StreamingResponse):
@@ -73,24 +83,40 @@ def chat_router(service: DialogService) -> APIRouter:
         # No cleanup here: a generator may be cancelled before it starts, or at an await where a
         # second cancellation hits its cleanup. TurnStream frees the turn, shielded.
         yield _sse({"type": "meta", **turn.meta()})
-        if turn.stream is None:
-            yield _sse({"type": "delta", "content": turn.reply})
-        else:
-            parts: list[str] = []
-            try:
-                async for delta in turn.stream.deltas():
-                    parts.append(delta)
-                    yield _sse({"type": "delta", "content": delta})
-            except UpstreamError as exc:
-                log.warning("stream interrupted: %s", exc)
-                turn.flags.append("stream_interrupted")
-            turn.reply = "".join(parts)
-        await service.finish(turn, ctx)
+        failure: XzError | None = None
+        try:
+            if turn.stream is None:
+                yield _sse({"type": "delta", "content": turn.reply})
+            else:
+                parts: list[str] = []
+                try:
+                    async for delta in turn.stream.deltas():
+                        parts.append(delta)
+                        yield _sse({"type": "delta", "content": delta})
+                except UpstreamError as exc:
+                    log.warning("stream interrupted: %s", exc)
+                    turn.flags.append("stream_interrupted")
+                turn.reply = "".join(parts)
+            await service.finish(turn, ctx)
+        except XzError as exc:  # the status line is out: the stream itself says what went wrong
+            failure = exc
+        except Exception:
+            log.exception("streamed turn of session %s failed", turn.session.id)
+            failure = XzError("the turn failed and was not saved")
+        if failure is not None:
+            log.warning("streamed turn of session %s ended with %s", turn.session.id, failure.code)
+            yield _error_event(failure)
+            yield _sse("[DONE]")
+            return
         done = turn.body()
         yield _sse({"type": "done", **{k: done[k] for k in ("reply", "policy", "flags", "usage", "cache")}})
         yield _sse("[DONE]")
 
-    busy = {"model": ErrorResponse, "description": "The session is answering another message: `session_busy`"}
+    busy = {
+        "model": ErrorResponse,
+        "description": "The session is answering another message (`session_busy`), or this turn's "
+        "lock expired before its save (`turn_lock_expired`; nothing was saved)",
+    }
 
     @router.post("/v1/chat", response_model=ChatResponse, responses={409: busy})
     async def chat(request: ChatRequest, ctx: Ctx) -> Response:

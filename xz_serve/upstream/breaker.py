@@ -58,6 +58,12 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._probe_out = False
 
+    def abandon(self) -> None:
+        """The call let through ended with no verdict on the upstream (its caller's deadline, or the
+        caller left): a half-open breaker lets the next caller probe instead."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._probe_out = False
+
     def failure(self) -> None:
         self._failures += 1
         if self._state is BreakerState.HALF_OPEN or self._failures >= self.threshold:

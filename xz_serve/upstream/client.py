@@ -5,6 +5,13 @@ upstreams in order: first a weighted random pick, then the configured fallback o
 upstream, 429/5xx/timeouts/connection errors are retried with full-jitter exponential backoff (a
 ``Retry-After`` is honoured up to ``backoff_max_s``), every failure feeds that upstream's circuit
 breaker, and a breaker that is open skips the upstream without a network call.
+
+Two clocks bound a call. One attempt, a stream's whole body included, takes at most the upstream's
+``timeout_s`` (httpx's own timeouts only bound the wait between two bytes, which a slow drip never
+trips); running out of it is the upstream's failure. The caller's deadline (epoch seconds) bounds
+everything, retries and backoff included; reaching it is ``DeadlineExceededError``, which is not
+the upstream's fault and never feeds a breaker. A retry whose backoff alone would end past the
+deadline is not attempted: the next upstream is tried at once.
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 
+from xz_serve.kernel.errors import DeadlineExceededError
 from xz_serve.upstream.breaker import BreakerState, CircuitBreaker
 from xz_serve.upstream.spec import PriceSpec, UpstreamSpec
 from xz_serve.upstream.tokens import estimate_prompt_tokens, estimate_text_tokens
@@ -89,6 +98,22 @@ class NoUpstreamError(Exception):
         return bool(self.errors) and all(e.reason == "circuit breaker open" for e in self.errors)
 
 
+def _loop_time(deadline: float | None) -> float | None:
+    """An epoch-seconds deadline on the running loop's clock (what ``asyncio.timeout_at`` takes)."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.time())
+
+
+def _is_deadline(until: float, deadline: float | None) -> bool:
+    """Whether the bound ``until`` that ran out was the caller's deadline, not the attempt's time."""
+    return deadline is not None and deadline <= until
+
+
+def _late() -> DeadlineExceededError:
+    return DeadlineExceededError("the request's deadline passed before the upstream answered")
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
@@ -101,21 +126,49 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 @dataclass
 class ReplyStream:
-    """Deltas of a streamed reply as they arrive; ``completion`` is set once the stream has ended."""
+    """Deltas of a streamed reply as they arrive; ``completion`` is set once the stream has ended.
+
+    ``until`` (loop clock) is when the attempt's time is up, ``deadline`` (loop clock) the caller's;
+    every read of the body is bounded by the earlier of the two.
+    """
 
     upstream: Upstream
     response: httpx.Response
     prompt_tokens_estimate: int
     attempts: int
+    until: float
+    deadline: float | None = None
     completion: Completion | None = None
     _parts: list[str] = field(default_factory=list)
+
+    async def _line(self, lines: AsyncIterator[str]) -> str | None:
+        """The next line of the body within the bounds; None at its end."""
+        try:
+            async with asyncio.timeout_at(self.until):
+                return await anext(lines)
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            self.upstream.breaker.abandon()
+            raise
+        except TimeoutError:
+            if _is_deadline(self.until, self.deadline):
+                self.upstream.breaker.abandon()
+                raise _late() from None
+            self.upstream.breaker.failure()
+            raise UpstreamError(
+                self.upstream.spec.name,
+                f"the stream took longer than {self.upstream.spec.timeout_s:g} s",
+                retryable=False,
+            ) from None
 
     async def deltas(self) -> AsyncIterator[str]:
         """Text deltas; reads the SSE lines ``data: {...}`` up to ``data: [DONE]``."""
         usage: dict[str, Any] | None = None
         finish: str | None = None
+        lines = self.response.aiter_lines()
         try:
-            async for line in self.response.aiter_lines():
+            while (line := await self._line(lines)) is not None:
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -142,6 +195,8 @@ class ReplyStream:
 
     async def close(self) -> None:
         """Give the upstream connection back, read or not (idempotent): a reader that stops early."""
+        if self.completion is None:
+            self.upstream.breaker.abandon()
         await self.response.aclose()
 
 
@@ -181,25 +236,41 @@ class Upstream:
         jitter = self._rng.uniform(0, self.spec.backoff_base_s * (2**attempt))
         return min(self.spec.backoff_max_s, max(jitter, retry_after_s or 0.0))
 
-    async def _send(self, payload: dict[str, Any]) -> tuple[httpx.Response, int]:
-        """A 200 response with its body unread (for streaming), after retries; raises UpstreamError."""
-        name = self.spec.name
+    async def _send(
+        self, payload: dict[str, Any], deadline: float | None
+    ) -> tuple[httpx.Response, int, float]:
+        """A 200 response with its body unread (for streaming), its attempt count, and when that
+        attempt's time is up (loop clock), after retries; raises UpstreamError or, at the caller's
+        ``deadline`` (loop clock), DeadlineExceededError."""
+        name, loop = self.spec.name, asyncio.get_running_loop()
         last: UpstreamError | None = None
         for attempt in range(self.spec.retries + 1):
             if not self.breaker.allow():
                 raise UpstreamError(
                     name, "circuit breaker open", retryable=False, retry_after_s=self.breaker.retry_in()
                 )
+            until = loop.time() + self.spec.timeout_s
+            if deadline is not None:
+                until = min(until, deadline)
             try:
                 request = self.client.build_request("POST", "chat/completions", json=payload)
-                response = await self.client.send(request, stream=True)
+                async with asyncio.timeout_at(until):
+                    response = await self.client.send(request, stream=True)
+            except asyncio.CancelledError:
+                self.breaker.abandon()
+                raise
+            except TimeoutError:
+                if _is_deadline(until, deadline):
+                    self.breaker.abandon()
+                    raise _late() from None
+                last = UpstreamError(name, f"timeout (no answer within {self.spec.timeout_s:g} s)")
             except httpx.TimeoutException as exc:
                 last = UpstreamError(name, f"timeout ({type(exc).__name__})")
             except httpx.TransportError as exc:
                 last = UpstreamError(name, f"connection failed ({type(exc).__name__})")
             else:
                 if response.status_code == 200:
-                    return response, attempt + 1
+                    return response, attempt + 1, until
                 await response.aread()
                 await response.aclose()
                 status = response.status_code
@@ -213,6 +284,8 @@ class Upstream:
             self.breaker.failure()
             if attempt < self.spec.retries:
                 delay = self.backoff(attempt, last.retry_after_s)
+                if deadline is not None and loop.time() + delay >= deadline:
+                    break  # the retry could not answer in time: let the next upstream try now
                 log.debug("%s; retry %d in %.2f s", last, attempt + 1, delay)
                 await self._sleep(delay)
         assert last is not None
@@ -243,14 +316,31 @@ class Upstream:
         cost = self.price.cost(counted.prompt_tokens, counted.completion_tokens)
         return Completion(text, counted, self.spec.name, self.spec.model, cost, attempts, finish_reason)
 
-    async def complete(self, messages: Messages, max_tokens: int | None = None) -> Completion:
-        """One reply, non-streamed."""
-        response, attempts = await self._send(self._payload(messages, max_tokens, stream=False))
+    async def complete(
+        self, messages: Messages, max_tokens: int | None = None, *, deadline: float | None = None
+    ) -> Completion:
+        """One reply, non-streamed, by ``deadline`` (epoch seconds) if one is given."""
+        loop_deadline = _loop_time(deadline)
+        response, attempts, until = await self._send(
+            self._payload(messages, max_tokens, stream=False), loop_deadline
+        )
         try:
-            await response.aread()
+            async with asyncio.timeout_at(until):
+                await response.aread()
             body = response.json()
             choice = body["choices"][0]
             text = str(choice["message"].get("content") or "")
+        except asyncio.CancelledError:
+            self.breaker.abandon()
+            raise
+        except TimeoutError:
+            if _is_deadline(until, loop_deadline):
+                self.breaker.abandon()
+                raise _late() from None
+            self.breaker.failure()
+            raise UpstreamError(
+                self.spec.name, f"the reply took longer than {self.spec.timeout_s:g} s", retryable=False
+            ) from None
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
             self.breaker.failure()
             raise UpstreamError(self.spec.name, f"bad response: {exc!r}", retryable=False) from exc
@@ -261,10 +351,16 @@ class Upstream:
             text, body.get("usage"), estimate_prompt_tokens(messages), attempts, choice.get("finish_reason")
         )
 
-    async def stream(self, messages: Messages, max_tokens: int | None = None) -> ReplyStream:
-        """A reply as a stream; retries happen before the first byte only (after that, bytes are out)."""
-        response, attempts = await self._send(self._payload(messages, max_tokens, stream=True))
-        return ReplyStream(self, response, estimate_prompt_tokens(messages), attempts)
+    async def stream(
+        self, messages: Messages, max_tokens: int | None = None, *, deadline: float | None = None
+    ) -> ReplyStream:
+        """A reply as a stream; retries happen before the first byte only (after that, bytes are out).
+        The stream's reads stay within this attempt's ``timeout_s`` and the ``deadline``."""
+        loop_deadline = _loop_time(deadline)
+        response, attempts, until = await self._send(
+            self._payload(messages, max_tokens, stream=True), loop_deadline
+        )
+        return ReplyStream(self, response, estimate_prompt_tokens(messages), attempts, until, loop_deadline)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -311,11 +407,15 @@ class UpstreamPool:
     def breaker_states(self) -> dict[str, BreakerState]:
         return {u.spec.name: u.breaker.state for u in self.upstreams}
 
-    async def complete(self, messages: Messages, max_tokens: int | None = None) -> Completion:
-        return await self._failover(lambda u: u.complete(messages, max_tokens))
+    async def complete(
+        self, messages: Messages, max_tokens: int | None = None, *, deadline: float | None = None
+    ) -> Completion:
+        return await self._failover(lambda u: u.complete(messages, max_tokens, deadline=deadline))
 
-    async def stream(self, messages: Messages, max_tokens: int | None = None) -> ReplyStream:
-        return await self._failover(lambda u: u.stream(messages, max_tokens))
+    async def stream(
+        self, messages: Messages, max_tokens: int | None = None, *, deadline: float | None = None
+    ) -> ReplyStream:
+        return await self._failover(lambda u: u.stream(messages, max_tokens, deadline=deadline))
 
     async def _failover(self, call: Callable[[Upstream], Awaitable[T]]) -> T:
         """The first answer in ``order()``; every upstream's failure when none answers."""

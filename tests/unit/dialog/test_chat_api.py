@@ -96,6 +96,16 @@ async def test_bad_input_is_a_clear_4xx(
     assert response.json()["error"]["code"] == code
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_message_that_is_not_valid_unicode_is_a_400(http: httpx.AsyncClient, stream: bool) -> None:
+    """JSON may escape a lone surrogate, which no encoder or hash can take: refused like the NLU
+    routes refuse such a text, before any model or store work."""
+    body = '{"message": "\\ud800 hi", "stream": %s}' % ("true" if stream else "false")
+    response = await http.post("/v1/chat", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_text"
+
+
 async def test_session_routes_validate_ids(http: httpx.AsyncClient) -> None:
     assert (await http.get("/v1/sessions/bad%20id")).status_code == 400
     assert (await http.delete("/v1/sessions/never-existed-123")).status_code == 404

@@ -19,7 +19,7 @@ BASE = """
 version: 1
 fallback: sorry
 escalation: a person will help
-out_of_scope: {action: llm, prompt: answer, cacheable: true}
+out_of_scope: {action: llm, prompt: answer}
 default: {action: llm, prompt: help}
 """
 
@@ -34,7 +34,7 @@ def test_shipped_policy_is_valid_for_the_model_labels() -> None:
     policy = load_policy(ROOT / "deployments" / "dialog" / "policy.yaml", CLINC)
     assert policy.rule_for("greeting").action == "template"
     assert policy.rule_for("report_lost_card").action == "handoff"
-    assert policy.rule_for("oos").cacheable
+    assert not policy.rule_for("oos").cacheable  # any unrecognised text lands there
     for intent in ("balance", "transactions", "time", "date", "weather"):
         rule = policy.rule_for(intent)
         assert not rule.cacheable and (rule.personal or rule.time_sensitive), intent
@@ -70,6 +70,16 @@ def test_bad_rules_are_refused(tmp_path: Path, rule: str, message: str) -> None:
     path = write(tmp_path, BASE + f"intents:\n  balance: {rule}\n")
     with pytest.raises(PolicyError, match=message):
         load_policy(path, CLINC)
+
+
+def test_out_of_scope_must_not_be_cacheable(tmp_path: Path) -> None:
+    """The catch-all receives any text no intent matched, personal ones included: never cached."""
+    text = BASE.replace(
+        "out_of_scope: {action: llm, prompt: answer}",
+        "out_of_scope: {action: llm, prompt: answer, cacheable: true}",
+    )
+    with pytest.raises(PolicyError, match="out_of_scope"):
+        load_policy(write(tmp_path, text))
 
 
 def test_missing_or_malformed_file(tmp_path: Path) -> None:

@@ -140,12 +140,23 @@ async def test_personal_and_time_sensitive_intents_are_never_cached(
 
 async def test_no_store_and_no_cache_headers_are_respected(standin: StandinServer) -> None:
     service, _ = make(pool_for(standin))
-    export, backup = "how do i export my trello boards", "can i back up trello"
-    assert (await service.chat(export, None, RequestContext(cache_write=False))).policy == "llm"
-    assert (await service.chat(backup, None, RequestContext())).policy == "llm"  # nothing was stored
-    assert (await service.chat(backup, None, RequestContext(cache_read=False))).policy == "llm"
-    hit = await service.chat(export, None, RequestContext())
+    asked, rephrased = "how do i jump start my car", "how can i jump start a car battery"
+    assert (await service.chat(asked, None, RequestContext(cache_write=False))).policy == "llm"
+    assert (await service.chat(rephrased, None, RequestContext())).policy == "llm"  # nothing was stored
+    assert (await service.chat(rephrased, None, RequestContext(cache_read=False))).policy == "llm"
+    hit = await service.chat(asked, None, RequestContext())
     assert hit.policy == "cache" and standin.stats()["requests"] == 3
+
+
+async def test_out_of_scope_replies_are_never_cached(standin: StandinServer) -> None:
+    """Out of scope is where any unrecognised text goes, personal ones included: its replies are
+    neither stored nor served from the reply cache, for the same question or a rephrasing."""
+    service, _ = make(pool_for(standin))
+    asked, rephrased = "how do i export my trello boards", "can i back up trello"
+    policies = [
+        (await service.chat(text, None, RequestContext())).policy for text in [asked, asked, rephrased]
+    ]
+    assert policies == ["llm", "llm", "llm"] and standin.stats()["requests"] == 3
 
 
 async def test_low_confidence_is_out_of_scope_and_falls_back_honestly_without_upstream() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.standin import StandinServer
+from xz_serve.kernel.errors import DeadlineExceededError
 from xz_serve.upstream.breaker import BreakerState
 from xz_serve.upstream.client import NoUpstreamError, Upstream, UpstreamError, UpstreamPool
 from xz_serve.upstream.spec import PriceSpec, UpstreamSpec
@@ -283,3 +284,94 @@ async def test_usage_estimated_when_absent(standin: StandinServer, streamed: boo
         (estimated.usage.completion_tokens, reported.usage.completion_tokens),
     ]:
         assert abs(got - truth) <= 0.35 * truth, (got, truth)
+
+
+async def test_the_deadline_bounds_a_call_and_is_no_upstream_failure(standin: StandinServer) -> None:
+    """A 3 s upstream under a 0.5 s deadline: DeadlineExceededError at the deadline; the caller's
+    short deadline says nothing about the upstream's health, so the breaker counts no failure."""
+    standin.faults(latency_ms=3000)
+    pool = UpstreamPool([Upstream(spec(standin.base_url, breaker_failures=1))])
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeadlineExceededError):
+            await pool.complete(MESSAGES, deadline=time.time() + 0.5)
+    finally:
+        await pool.close()
+    assert time.monotonic() - started < 0.8
+    assert pool.breaker_states() == {"a": BreakerState.CLOSED}
+
+
+async def test_no_backoff_sleeps_past_the_deadline(standin: StandinServer) -> None:
+    """A 503 asking for Retry-After: 5 under a 0.5 s deadline: the retry could not answer in time, so
+    the next upstream is tried at once (here there is none: the pool reports the failure)."""
+    standin.faults(fail_status=503, retry_after_s=5)
+    sleeps = Sleeps()
+    pool = UpstreamPool([Upstream(spec(standin.base_url, retries=2, backoff_max_s=5), sleep=sleeps)])
+    started = time.monotonic()
+    try:
+        with pytest.raises(NoUpstreamError):
+            await pool.complete(MESSAGES, deadline=time.time() + 0.5)
+    finally:
+        await pool.close()
+    assert time.monotonic() - started < 0.4 and sleeps.delays == []
+    assert standin.stats()["requests"] == 1
+
+
+async def test_a_stream_is_bounded_in_total_not_only_between_bytes(standin: StandinServer) -> None:
+    """Chunks 100 ms apart never trip a 0.5 s read timeout, yet one attempt, stream included, may
+    take at most ``timeout_s``: the stream ends with an UpstreamError at about 0.5 s."""
+    standin.faults(chunk_delay_ms=100)
+    up = Upstream(spec(standin.base_url, timeout_s=0.5))
+    started = time.monotonic()
+    parts: list[str] = []
+    try:
+        stream = await up.stream(MESSAGES)
+        with pytest.raises(UpstreamError, match="longer than"):
+            async for delta in stream.deltas():
+                parts.append(delta)
+    finally:
+        await up.close()
+    assert time.monotonic() - started < 0.9 and parts  # some deltas came, then the bound
+    assert stream.completion is None
+
+
+async def test_the_deadline_bounds_a_stream(standin: StandinServer) -> None:
+    standin.faults(chunk_delay_ms=100)
+    pool = UpstreamPool([Upstream(spec(standin.base_url, breaker_failures=1))])
+    started = time.monotonic()
+    try:
+        stream = await pool.stream(MESSAGES, deadline=time.time() + 0.6)
+        with pytest.raises(DeadlineExceededError):
+            async for _ in stream.deltas():
+                pass
+    finally:
+        await pool.close()
+    assert time.monotonic() - started < 0.9
+    assert pool.breaker_states() == {"a": BreakerState.CLOSED}
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_probe_cut_by_the_deadline_lets_the_next_probe_go(
+    standin: StandinServer, streamed: bool
+) -> None:
+    """A half-open breaker's one probe, cut by its caller's deadline, gave no verdict on the upstream:
+    the next call is the probe, not refused as if the breaker were open until the process restarts."""
+    standin.faults(fail_status=500, retry_after_s=None)
+    up = Upstream(spec(standin.base_url, retries=0, breaker_failures=1, breaker_reset_s=0.2))
+    try:
+        with pytest.raises(UpstreamError):
+            await up.complete(MESSAGES)
+        await asyncio.sleep(0.25)
+        assert up.breaker.state is BreakerState.HALF_OPEN
+        standin.faults(fail_status=None, **({"chunk_delay_ms": 100} if streamed else {"latency_ms": 1000}))
+        with pytest.raises(DeadlineExceededError):
+            if streamed:
+                stream = await up.stream(MESSAGES, deadline=time.time() + 0.3)
+                _ = [d async for d in stream.deltas()]
+            else:
+                await up.complete(MESSAGES, deadline=time.time() + 0.3)
+        standin.faults(latency_ms=0, chunk_delay_ms=0)
+        assert (await up.complete(MESSAGES)).text  # the next probe went, and closed the breaker
+        assert up.breaker.state is BreakerState.CLOSED
+    finally:
+        await up.close()
