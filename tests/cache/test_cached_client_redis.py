@@ -10,6 +10,8 @@ import pytest
 
 from tests.redis_server import RedisServer
 from tests.unit.nlu.test_cached_client import OPTIONS, CountingClient
+from xz_serve.cache.codec import decode_prediction
+from xz_serve.cache.keys import cache_key
 from xz_serve.cache.spec import CacheSpec
 from xz_serve.kernel.context import RequestContext
 from xz_serve.nlu.cached import CachedNluClient
@@ -113,3 +115,32 @@ async def test_the_first_call_after_a_restart_succeeds_on_a_pool_of_dead_connect
     await a.predict_for(["first after the restart"], first)
     assert first.response_headers["x-cache"] == "miss" and a.stats.redis_errors == 0
     assert a.stats.redis_misses == 1  # Redis answered the lookup, on a fresh connection
+
+
+async def test_a_corrupt_value_is_replaced_by_the_first_request_and_never_reaches_l1(
+    replicas: Replicas,
+) -> None:
+    a, b, model = replicas()
+    text = "what is my balance"
+    assert await a._model_id() == "fake@0"
+    key = cache_key("nlu", text, "fake@0", RequestContext().tenant, options=a.options, norm="exact")
+    client = a._backend_now().guard.client
+    assert client is not None
+    await client.set(key, b"XZ\x01" + b"\xff" * 40, ex=3600)  # the right magic, then garbage
+
+    first = RequestContext()
+    await a.predict_for([text], first)
+    assert first.response_headers["x-cache"] == "miss" and len(model.calls) == 1
+    await asyncio.gather(*a._backend_now().coalescer._leaders)  # the write-back
+    stored = await client.get(key)
+    assert stored is not None and decode_prediction(stored).intents  # the fresh value replaced it
+    assert await client.ttl(key) > 3600  # written with the cache's TTL, not left to age out
+    held = a._backend_now().cache.l1.get(key)
+    assert held is not None and decode_prediction(held).intents
+    assert a.stats.redis_corrupt == 1
+
+    again, other = RequestContext(), RequestContext()
+    await a.predict_for([text], again)
+    await b.predict_for([text], other)
+    assert again.response_headers["x-cache"] == "hit" and other.response_headers["x-cache"] == "hit"
+    assert len(model.calls) == 1  # recomputed once, then served from the cache everywhere

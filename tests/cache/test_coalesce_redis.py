@@ -20,7 +20,7 @@ async def test_fifty_requests_over_two_replicas_compute_once(make_guard: Callabl
     replicas = [replica(make_guard), replica(make_guard)]
     calls = 0
 
-    async def compute() -> bytes:
+    async def compute(_deadline: float | None) -> bytes:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.05)
@@ -38,7 +38,7 @@ async def test_run_many_splits_work_between_replicas(make_guard: Callable[..., R
     a, b = replica(make_guard), replica(make_guard)
     seen: list[list[str]] = []
 
-    async def compute(keys: list[str]) -> list[bytes]:
+    async def compute(keys: list[str], _deadline: float | None) -> list[bytes]:
         seen.append(keys)
         await asyncio.sleep(0.03)
         return [k.upper().encode() for k in keys]
@@ -57,7 +57,7 @@ async def test_lease_holder_dies_and_another_replica_takes_over(
     await dead.client.set(lease_key("xz:k"), "dead-token", nx=True, px=200)  # took the lease, then died
     live = replica(make_guard, lease_ms=1000)
 
-    async def compute() -> bytes:
+    async def compute(_deadline: float | None) -> bytes:
         return b"mine"
 
     started = time.perf_counter()
@@ -69,11 +69,11 @@ async def test_lease_holder_dies_and_another_replica_takes_over(
 async def test_failing_holder_releases_at_once(make_guard: Callable[..., RedisGuard]) -> None:
     a, b = replica(make_guard, lease_ms=5000), replica(make_guard, lease_ms=5000)
 
-    async def boom() -> bytes:
+    async def boom(_deadline: float | None) -> bytes:
         await asyncio.sleep(0.02)
         raise RuntimeError("model failed")
 
-    async def fine() -> bytes:
+    async def fine(_deadline: float | None) -> bytes:
         await asyncio.sleep(0.01)
         return b"ok"
 
@@ -113,7 +113,7 @@ async def test_a_lookup_leases_its_misses_in_one_round_trip(make_guard: Callable
     a._acquire = spy  # type: ignore[method-assign]
     computed: list[list[str]] = []
 
-    async def compute(keys: list[str]) -> list[bytes]:
+    async def compute(keys: list[str], _deadline: float | None) -> list[bytes]:
         computed.append(keys)
         return [k.encode() for k in keys]
 
@@ -134,7 +134,7 @@ async def test_a_lookup_leases_its_misses_in_one_round_trip(make_guard: Callable
     # A key this process already computes: the lease the lookup took on it goes back at once.
     gate = asyncio.Event()
 
-    async def slow(keys: list[str]) -> list[bytes]:
+    async def slow(keys: list[str], _deadline: float | None) -> list[bytes]:
         await gate.wait()
         return [b"slow"] * len(keys)
 
@@ -149,3 +149,42 @@ async def test_a_lookup_leases_its_misses_in_one_round_trip(make_guard: Callable
     assert await a.guard.client.exists(lease_key("xz:busy")) == 0  # released, not held for lease_ms
     gate.set()
     assert await first == [b"slow"] and await waiter == [b"slow"]
+
+
+async def test_an_unreadable_value_is_computed_replaced_and_kept_out_of_l1(
+    make_guard: Callable[..., RedisGuard],
+) -> None:
+    def readable(value: bytes) -> bool:
+        return value.startswith(b"ok:")
+
+    a = Coalescer(ExactCache(make_guard(), check=readable), poll_ms=5)
+    b = Coalescer(ExactCache(make_guard(), check=readable), poll_ms=5, lease_ms=1000)
+    client = a.guard.client
+    assert client is not None
+    await client.set("xz:bad", b"garbage", ex=3600)
+    calls: list[list[str]] = []
+
+    async def compute(keys: list[str], _deadline: float | None) -> list[bytes]:
+        calls.append(keys)
+        return [b"ok:" + k.encode() for k in keys]
+
+    token, ms = a.new_lease()
+    lookup = await a.cache.lookup(["xz:bad"], (token, ms))
+    assert lookup.values == [None] and a.cache.l1.get("xz:bad") is None
+    assert a.stats.redis_corrupt == 1
+    assert await a.run_many(["xz:bad"], compute, lookup.claim) == [b"ok:xz:bad"]
+    await asyncio.gather(*a._leaders)  # the write-back
+    assert await client.get("xz:bad") == b"ok:xz:bad"  # replaced, not left for its TTL
+    assert calls == [["xz:bad"]]
+
+    # Found while following another replica's lease: never copied into L1 or served.
+    await client.set("xz:follow", b"garbage", ex=3600)
+    await client.set(lease_key("xz:follow"), "dead-token", px=100)
+
+    async def one(deadline: float | None) -> bytes:
+        return (await compute(["xz:follow"], deadline))[0]
+
+    assert await b.run("xz:follow", one) == b"ok:xz:follow"
+    await asyncio.gather(*b._leaders)
+    assert b.cache.l1.get("xz:follow") == b"ok:xz:follow" and b.stats.lease_takeovers == 1
+    assert await client.get("xz:follow") == b"ok:xz:follow"

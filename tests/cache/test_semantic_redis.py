@@ -84,5 +84,22 @@ async def test_text_travels_with_the_entry_so_other_replicas_verify(
     await b.warm("ns")
     assert await b.lookup("ns", vector, text="How to lose weight in 2017?") is None  # year changed
     hit = await b.lookup("ns", vector + 0.01, text="How to lose weight in 2016?")
-    assert hit is not None and hit.value == b"diet plan" and hit.text == "How to lose weight in 2016?"
-    assert hit.key == "k"
+    assert hit is not None and hit.value == b"diet plan" and hit.key == "k"
+
+
+async def test_a_replica_loading_other_replicas_writes_keeps_to_its_byte_budget(
+    make_guard: Callable[..., RedisGuard],
+) -> None:
+    a = semantic(make_guard())
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(400, 384)).astype(np.float32)
+    for i in range(400):  # ~20 KiB each, in 40 namespaces: ~8 MiB in all
+        await a.store(f"ns{i % 40}", vectors[i], str(i).encode() * 2000, key=str(i), text="x " * 2000)
+    b = semantic(make_guard(), max_bytes=2**20, page=16)
+    for n in range(40):
+        await b.warm(f"ns{n}")
+        assert b.nbytes <= 2**20
+    assert b.stats.semantic_budget_evictions > 300
+    hit = await b.lookup("ns39", vectors[399], text="x " * 2000)  # the namespace loaded last
+    assert hit is not None and hit.key == "399"
+    assert await b.lookup("ns0", vectors[0], text="x " * 2000) is None  # loaded first, evicted since

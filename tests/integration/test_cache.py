@@ -145,3 +145,24 @@ def test_redis_killed_under_load_no_errors_then_the_cache_resumes(
     assert first.headers["x-cache"] == "miss"
     other = hit_on_another_replica(cache_url, text, first.headers["x-replica"])
     assert other.headers["x-cache"] == "hit"
+
+
+def test_identical_requests_keep_their_own_deadlines(cache_url: str) -> None:
+    """A 100 ms request and identical 10 s ones at once: the short one alone gets 504, at its own
+    deadline; the long ones share the computation and get 200 (64 long texts: ~0.5 s of model time)."""
+    texts = [" ".join(_rng.sample(TEXTS, 12)) + f" {uuid.uuid4().hex}" for _ in range(64)]
+
+    async def ask(client: httpx.AsyncClient, timeout_ms: int) -> tuple[int, float, str]:
+        started = time.perf_counter()
+        headers = {"x-request-timeout-ms": str(timeout_ms)}
+        r = await client.post(f"{cache_url}/v1/analyze", json={"texts": texts}, headers=headers)
+        return r.status_code, time.perf_counter() - started, r.headers.get("x-replica", "")
+
+    async def together() -> list[tuple[int, float, str]]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=8)) as client:
+            return list(await asyncio.gather(ask(client, 100), *(ask(client, 10_000) for _ in range(5))))
+
+    (short_status, short_s, _), *longs = asyncio.run(together())
+    assert [status for status, _, _ in longs] == [200] * 5, longs
+    assert max(s for _, s, _ in longs) > 0.3, longs  # the computation outlasts the short deadline
+    assert short_status == 504 and short_s < 0.3, (short_status, short_s)

@@ -16,11 +16,14 @@ from redis.asyncio.client import Pipeline
 
 from xz_serve.cache.exact import Claim, ExactCache
 from xz_serve.cache.spec import CacheSpec
+from xz_serve.kernel.deadline import remaining_s
+from xz_serve.kernel.errors import DeadlineExceededError
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("xz_serve.cache")
 
-ComputeMany = Callable[[list[str]], Awaitable[Sequence[bytes]]]
+ComputeMany = Callable[[list[str], float | None], Awaitable[Sequence[bytes]]]
+"""Values for keys, computed under a deadline (epoch seconds; None: no bound)."""
 
 # Delete each lease only if it still holds our token: a lease that lapsed and was taken by another
 # replica must stay with that replica.
@@ -40,11 +43,31 @@ def lease_key(key: str) -> str:
 
 @dataclass
 class _Lead:
-    """One leader task's share of the work: its futures, its compute call and its lease token."""
+    """One leader task's share of the work: its futures, its compute call and its lease token,
+    and the deadline it computes under: the latest of its waiters', None as soon as one has none."""
 
     futures: dict[str, asyncio.Future[bytes]]
     compute: ComputeMany
     token: str
+    deadline: float | None = None
+    bounded: bool = True  # False once a waiter without a deadline joined
+
+    def join(self, deadline: float | None) -> None:
+        if deadline is None:
+            self.bounded = False
+        elif self.deadline is None or deadline > self.deadline:
+            self.deadline = deadline
+
+    @property
+    def until(self) -> float | None:
+        return self.deadline if self.bounded else None
+
+    def outlives(self, deadline: float | None) -> bool:
+        """True when a waiter that joined after a run began has time beyond that run's ``deadline``."""
+        until = self.until
+        if deadline is None:
+            return False
+        return until is None or (until > deadline and until > time.time())
 
 
 def _retrieve(future: asyncio.Future[bytes]) -> None:
@@ -58,11 +81,16 @@ class Coalescer:
 
     In process, the first request for a key starts a leader task and later requests await the same
     future, so every waiter gets the same bytes or the same exception, and a waiter that gives up
-    (client gone) does not cancel the work for the others. Across replicas, the leader first takes
-    ``SET {key}:lease token NX PX lease_ms``; a replica that finds the lease taken polls for the value
-    every ``poll_ms`` and computes itself when the lease disappears without a value (holder died or
-    failed) or after ``lease_ms``. Polling, not pub/sub: no listener connection per replica, no
-    lost-message window, and the added wait (<= poll_ms) is small next to a model call.
+    (client gone) does not cancel the work for the others. Each waiter keeps its own deadline: it
+    stops waiting at it (504), while the computation runs under the latest deadline of all its
+    waiters, or none when one has none; a run that its deadline cut short is run again for waiters
+    that joined later with time left, so a short deadline never fails a longer one.
+
+    Across replicas, the leader first takes ``SET {key}:lease token NX PX lease_ms``; a replica that
+    finds the lease taken polls for the value every ``poll_ms`` and computes itself when the lease
+    disappears without a value (holder died or failed) or after ``lease_ms``. Polling, not pub/sub:
+    no listener connection per replica, no lost-message window, and the added wait (<= poll_ms) is
+    small next to a model call. A value that ``ExactCache.readable`` refuses counts as no value.
     With no Redis, or Redis failing, it coalesces in process only.
     """
 
@@ -72,7 +100,7 @@ class Coalescer:
         self.stats = cache.stats
         self.lease_ms = lease_ms
         self.poll_s = poll_ms / 1000
-        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._inflight: dict[str, tuple[asyncio.Future[bytes], _Lead]] = {}
         self._leaders: set[asyncio.Task[None]] = set()
         self._release = self.guard.client.register_script(_RELEASE) if self.guard.client else None
 
@@ -81,24 +109,33 @@ class Coalescer:
         """Coalescer over ``cache`` (and its Redis client) with the lease settings of ``spec``."""
         return cls(cache, lease_ms=spec.lease_ms, poll_ms=spec.poll_ms)
 
-    async def run(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The value of ``key``, computed by ``compute`` here only if no one else is computing it.
+    async def run(
+        self, key: str, compute: Callable[[float | None], Awaitable[bytes]], *, deadline: float | None = None
+    ) -> bytes:
+        """The value of ``key``, computed by ``compute(deadline)`` here only if no one else is
+        computing it; ``deadline`` is this caller's (epoch seconds), as in ``run_many``.
 
         Raises:
+            DeadlineExceededError: ``deadline`` passed before the value came.
             Exception: whatever ``compute`` raised, for every waiter of this computation.
         """
 
-        async def one(_: list[str]) -> list[bytes]:
-            return [await compute()]
+        async def one(_: list[str], until: float | None) -> list[bytes]:
+            return [await compute(until)]
 
-        return (await self.run_many([key], one))[0]
+        return (await self.run_many([key], one, deadline=deadline))[0]
 
     def new_lease(self) -> tuple[str, int]:
         """A fresh lease token and the lease's life in ms: for ``ExactCache.lookup(..., lease=...)``."""
         return uuid.uuid4().hex, self.lease_ms
 
     async def run_many(
-        self, keys: Sequence[str], compute: ComputeMany, claim: Claim | None = None
+        self,
+        keys: Sequence[str],
+        compute: ComputeMany,
+        claim: Claim | None = None,
+        *,
+        deadline: float | None = None,
     ) -> list[bytes]:
         """Values for ``keys`` in order; ``compute`` gets, in one call, only the keys this process leads.
 
@@ -107,39 +144,54 @@ class Coalescer:
 
         Args:
             keys: cache keys (duplicates allowed).
-            compute: maps a list of keys to their values, same order and length.
+            compute: maps a list of keys and a deadline to their values, same order and length.
             claim: the leases the caller's lookup already took (or found held) on these keys:
                 those keys skip the lease round trip. Leases it took on keys that turn out to be
                 in flight here already are released.
+            deadline: this caller's (epoch seconds; None: it waits as long as it takes). It stops
+                waiting then; a computation in this process that it waits on runs at least as long.
 
         Raises:
+            DeadlineExceededError: ``deadline`` passed before every value came.
             Exception: what ``compute`` raised for a key this call needs.
         """
+        remaining_s(deadline)  # past it already: start nothing
         loop = asyncio.get_running_loop()
-        mine: list[str] = []
+        token = claim.token if claim is not None else uuid.uuid4().hex
+        lead = _Lead({}, compute, token)
+        lead.join(deadline)
         unused: list[str] = []
         futures: dict[str, asyncio.Future[bytes]] = {}
         for key in keys:
             if key in futures:
                 continue
-            future = self._inflight.get(key)
-            if future is None:
+            flight = self._inflight.get(key)
+            if flight is None:
                 future = loop.create_future()
                 future.add_done_callback(_retrieve)
-                self._inflight[key] = future
-                mine.append(key)
+                self._inflight[key] = (future, lead)
+                lead.futures[key] = future
             else:
+                future, other = flight
+                other.join(deadline)
                 self.stats.coalesced_local += 1
                 if claim is not None and key in claim.leased:
                     unused.append(key)
             futures[key] = future
-        if mine:
-            token = claim.token if claim is not None else uuid.uuid4().hex
-            lead = _Lead({key: futures[key] for key in mine}, compute, token)
+        if lead.futures:
             self._background(self._lead(lead, claim))
         if unused and claim is not None:
             self._background(self._release_leases(unused, claim.token))
-        return [await asyncio.shield(futures[key]) for key in keys]
+        if deadline is None:
+            return [await asyncio.shield(futures[key]) for key in keys]
+        waiting = asyncio.timeout(remaining_s(deadline))
+        try:
+            async with waiting:
+                return [await asyncio.shield(futures[key]) for key in keys]
+        except TimeoutError:
+            if waiting.expired():  # this caller's deadline, not a TimeoutError from the computation
+                raise DeadlineExceededError("the deadline passed while the value was computed") from None
+            raise
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -186,7 +238,8 @@ class Coalescer:
         future = lead.futures[key]
         if future.done():
             return
-        if self._inflight.get(key) is future:  # from now on a new request starts a new computation
+        flight = self._inflight.get(key)
+        if flight is not None and flight[0] is future:  # from now on a new request starts anew
             del self._inflight[key]
         if cancel:
             future.cancel()
@@ -215,7 +268,7 @@ class Coalescer:
         acquired, waiting, landed = [], [], []
         for i, key in enumerate(keys):
             got, value = replies[2 * i], replies[2 * i + 1]
-            if isinstance(value, bytes):
+            if isinstance(value, bytes) and self.cache.readable(value):
                 self.cache.l1.put(key, value)
                 self._settle(lead, key, value)
                 self.stats.coalesced_remote += 1
@@ -233,7 +286,15 @@ class Coalescer:
         if not keys:
             return
         try:
-            values = list(await lead.compute(keys))
+            while True:
+                until = lead.until
+                try:
+                    values = list(await lead.compute(keys, until))
+                    break
+                except DeadlineExceededError:
+                    if not lead.outlives(until):
+                        raise
+                    # A waiter that joined during the run has time left: run again, under its deadline.
             if len(values) != len(keys):
                 raise ValueError(f"compute returned {len(values)} values for {len(keys)} keys")
         except Exception as exc:
@@ -280,7 +341,7 @@ class Coalescer:
             values, leases = state
             orphaned, still = [], []
             for key, value, lease in zip(pending, values, leases, strict=True):
-                if value is not None:
+                if value is not None and self.cache.readable(value):
                     self.cache.l1.put(key, value)
                     self._settle(lead, key, value)
                     self.stats.coalesced_remote += 1

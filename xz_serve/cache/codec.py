@@ -67,3 +67,12 @@ def decode_prediction(data: bytes) -> TextPrediction:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CodecError(f"corrupt prediction header: {exc}") from exc
+
+
+def is_prediction(data: bytes) -> bool:
+    """True when ``data`` decodes as a TextPrediction (the exact cache's ``check``)."""
+    try:
+        decode_prediction(data)
+    except CodecError:
+        return False
+    return True

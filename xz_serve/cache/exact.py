@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +19,7 @@ from xz_serve.cache.spec import CacheSpec
 from xz_serve.kernel.redis import RedisGuard
 
 Layer = Literal["l1", "redis"]
+log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("xz_serve.cache")
 
 
@@ -73,6 +75,10 @@ class ExactCache:
     keep a value for ``l1_ttl_s`` without ever serving a stale one. Redis is expected to run with
     ``maxmemory`` and ``allkeys-lru`` (see ``RedisGuard.memory_policy``), which bounds it; every key
     also carries a TTL so entries for retired models age out.
+
+    With ``check``, a Redis value it refuses (corrupt, or written in another format) is a miss
+    that is neither served nor copied into L1, so the caller computes the key and its write
+    replaces the bad value at once instead of leaving it for its whole TTL.
     """
 
     def __init__(
@@ -82,19 +88,27 @@ class ExactCache:
         ttl_s: int = 86_400,
         l1_max_entries: int = 10_000,
         l1_ttl_s: float = 300.0,
+        check: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.guard = guard
         self.stats = cache_stats(guard)
         self.ttl_s = ttl_s
         self.l1 = LruTtlCache(l1_max_entries, l1_ttl_s, self.stats)
+        self.check = check
         self._background: set[asyncio.Task[bool]] = set()
         self._get_or_lease_script: AsyncScript | None = None  # registered on first use
 
     @classmethod
-    def from_spec(cls, spec: CacheSpec, guard: RedisGuard | None = None) -> ExactCache:
+    def from_spec(
+        cls, spec: CacheSpec, guard: RedisGuard | None = None, check: Callable[[bytes], bool] | None = None
+    ) -> ExactCache:
         """Cache configured by ``spec``; pass ``guard`` to share one Redis client and outage state."""
         sizes = {"ttl_s": spec.ttl_s, "l1_max_entries": spec.l1_max_entries, "l1_ttl_s": spec.l1_ttl_s}
-        return cls(guard or cache_guard(spec), **sizes)
+        return cls(guard or cache_guard(spec), check=check, **sizes)
+
+    def readable(self, value: bytes) -> bool:
+        """False for a value read from Redis that ``check`` refuses: never served, never in L1."""
+        return self.check is None or self.check(value)
 
     async def lookup(self, keys: Sequence[str], lease: tuple[str, int] | None = None) -> Lookup:
         """Values in the order of ``keys`` with the layer that answered each: L1 first, then one
@@ -130,10 +144,14 @@ class ExactCache:
                 leased: set[str] = set()
                 for key, reply in zip(missing, replies, strict=True):
                     if isinstance(reply, bytes):
-                        self.stats.redis_hits += 1
-                        self.l1.put(key, reply)
-                        found[key] = reply
-                        layer[key] = "redis"
+                        if self.readable(reply):
+                            self.stats.redis_hits += 1
+                            self.l1.put(key, reply)
+                            found[key] = reply
+                            layer[key] = "redis"
+                        else:  # a miss with no lease taken: the coalescer leases, computes, replaces
+                            self.stats.redis_corrupt += 1
+                            log.warning("unreadable cache value at %s: replacing it", key)
                     else:
                         self.stats.redis_misses += 1
                         absent.add(key)

@@ -20,6 +20,7 @@ _REQUESTS = {
     "l1_misses": {"layer": "l1", "result": "miss"},
     "redis_hits": {"layer": "exact", "result": "hit"},
     "redis_misses": {"layer": "exact", "result": "miss"},
+    "redis_corrupt": {"layer": "exact", "result": "corrupt"},  # unreadable: recomputed and replaced
     "semantic_hits": {"layer": "semantic", "result": "hit"},
     "semantic_misses": {"layer": "semantic", "result": "miss"},
     "semantic_rejected": {"layer": "semantic", "result": "rejected"},
@@ -29,7 +30,12 @@ _COALESCED = {
     "coalesced_remote": {"scope": "remote"},
     "lease_takeovers": {"scope": "takeover"},
 }
-_EVICTIONS = {"l1_evictions": {"layer": "l1"}, "semantic_evictions": {"layer": "semantic"}}
+_EVICTIONS = {
+    "l1_evictions": {"layer": "l1"},
+    "semantic_evictions": {"layer": "semantic"},  # a namespace's entry bound
+    "semantic_budget_evictions": {"layer": "semantic_budget"},  # the replica's byte budget
+}
+_LEVELS = ("semantic_bytes",)  # CacheStats fields that are levels: published as they are, not as deltas
 _REDIS_ERRORS = {
     "redis_errors": {"kind": "error"},  # every failed or too-slow call (timeouts included)
     "redis_timeouts": {"kind": "timeout"},
@@ -55,7 +61,8 @@ class CacheMetrics:
         self._seen = stats.snapshot()
         self.requests = Counter(
             "xz_cache_requests_total",
-            description="Cache lookups per key by layer (l1, exact = Redis, semantic) and result.",
+            description="Cache lookups per key by layer (l1, exact = Redis, semantic) and result "
+            "(corrupt: a Redis value that does not decode, computed again and replaced).",
             tag_keys=("layer", "result"),
         )
         self.coalesced = Counter(
@@ -66,8 +73,14 @@ class CacheMetrics:
         )
         self.evictions = Counter(
             "xz_cache_evictions_total",
-            description="Entries pushed out by a size bound, by layer.",
+            description="Entries pushed out by a size bound, by layer (semantic: a namespace's entry "
+            "bound; semantic_budget: the replica's byte budget for the semantic cache).",
             tag_keys=("layer",),
+        )
+        self.semantic_bytes = Gauge(
+            "xz_cache_semantic_bytes",
+            description="Memory the semantic (reply) cache holds on this replica, in bytes; bounded by "
+            "cache.semantic_max_bytes.",
         )
         self.redis_errors = Counter(
             "xz_cache_redis_errors_total",
@@ -112,8 +125,9 @@ class CacheMetrics:
         """Export every counter's change since the last call; returns those changes (for tests)."""
         self._last = self._clock()
         now = self.stats.snapshot()
-        delta = {name: now[name] - self._seen.get(name, 0) for name in now}
+        delta = {name: now[name] - self._seen.get(name, 0) for name in now if name not in _LEVELS}
         self._seen = now
+        self.semantic_bytes.set(now["semantic_bytes"])
         for table, metric in (
             (_REQUESTS, self.requests),
             (_COALESCED, self.coalesced),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -15,12 +17,16 @@ from redis.asyncio import Redis
 from xz_serve.cache.guard import cache_guard, cache_stats
 from xz_serve.cache.spec import CacheSpec
 from xz_serve.cache.stats import CacheStats
-from xz_serve.cache.verify import PairVerifier
+from xz_serve.cache.verify import Digest, PairVerifier, digest, facts
 from xz_serve.kernel.redis import RedisGuard
 
 log = logging.getLogger(__name__)
 
 _CANDIDATES = 8  # neighbours inspected for the margin rule; beyond 8 equal values, agreement is assumed
+# Memory accounting (approximate, measured with tracemalloc in tests/unit/cache/test_semantic.py):
+_MIN_ROWS = 8  # rows a namespace's arrays start with; a few entries do not pay for a full matrix
+_PARTITION_BYTES = 2048  # a namespace's fixed cost: the partition, its lists and dict, array headers
+_ENTRY_BYTES = 400  # per entry besides its row, value, key and digest: list, dict and LRU slots
 
 
 class SemanticHit(NamedTuple):
@@ -28,7 +34,6 @@ class SemanticHit(NamedTuple):
 
     value: bytes
     similarity: float
-    text: str | None = None  # the stored entry's text (None if it was stored without one)
     key: str | None = None  # the stored entry's key
 
 
@@ -80,64 +85,117 @@ def choose(
 
 
 class _Partition:
-    """One namespace's entries on this replica: a ring of at most ``capacity`` rows, oldest replaced."""
+    """One namespace's entries on this replica: rows ``0..size-1`` of its arrays, at most ``capacity``.
+
+    An entry keeps its vector, value, key and the ``Digest`` the verifier reads, not its text.
+    Removing one moves the last row into its place, so the rows stay dense for the matrix product.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.expires = np.zeros(0, dtype=np.float64)
+        self.used = np.zeros(0, dtype=np.int64)  # when each entry was last stored or served
         self.values: list[bytes] = []
-        self.texts: list[str | None] = []
+        self.digests: list[Digest | None] = []
         self.keys: list[str] = []
         self.slots: dict[str, int] = {}
         self.size = 0
-        self.head = 0  # next slot to overwrite once full: the oldest entry
+        self.entry_bytes = 0  # the entries' values, keys, digests and bookkeeping
         self.last_id = b"0-0"  # newest stream entry seen
         self.next_refresh = 0.0
         self.refreshing = False
 
+    @property
+    def nbytes(self) -> int:
+        """What this namespace holds in memory, allocated rows included (approximate, in bytes)."""
+        rows, dims = self.matrix.shape
+        return _PARTITION_BYTES + rows * (dims * 4 + 16) + self.entry_bytes
+
     def add(
-        self, key: str, vector: np.ndarray, value: bytes, expires: float, text: str | None = None
-    ) -> bool:
-        """Insert or replace ``key``; returns True when an older entry was evicted for room."""
+        self,
+        key: str,
+        vector: np.ndarray,
+        value: bytes,
+        expires: float,
+        digest: Digest | None,
+        used: int,
+        now: float,
+    ) -> str | None:
+        """Insert or replace ``key``; returns the key evicted for room (an expired one first, else
+        the least recently used), or None."""
         if self.matrix.shape[1] != vector.shape[0]:
             if self.size:
                 have, want = vector.shape[0], self.matrix.shape[1]
                 raise ValueError(f"embedding has {have} dims, namespace has {want}")
             self.matrix = np.zeros((0, vector.shape[0]), dtype=np.float32)
-        evicted = False
+        evicted = None
         slot = self.slots.get(key)
         if slot is None:
-            if self.size < self.capacity:
-                slot = self.size
-                self._grow(slot + 1)
-                self.values.append(value)
-                self.texts.append(text)
-                self.keys.append(key)
-                self.size += 1
-            else:
-                slot = self.head
-                self.head = (self.head + 1) % self.capacity
-                del self.slots[self.keys[slot]]
-                evicted = True
+            if self.size >= self.capacity:
+                stale = self.expires[: self.size] <= now
+                evicted = self.keys[int(np.argmin(np.where(stale, -1, self.used[: self.size])))]
+                self.remove(evicted)
+            slot = self.size
+            self._resize(slot + 1)
+            self.values.append(value)
+            self.digests.append(digest)
+            self.keys.append(key)
             self.slots[key] = slot
+            self.size += 1
+        else:
+            self.entry_bytes -= _entry_bytes(key, self.values[slot], self.digests[slot])
+            self.values[slot] = value
+            self.digests[slot] = digest
+        self.entry_bytes += _entry_bytes(key, value, digest)
         self.matrix[slot] = vector
         self.expires[slot] = expires
-        self.values[slot] = value
-        self.texts[slot] = text
-        self.keys[slot] = key
+        self.used[slot] = used
         return evicted
 
-    def _grow(self, rows: int) -> None:
-        # Double up to capacity: a namespace with few entries does not pay for a full matrix.
-        if rows <= self.matrix.shape[0]:
+    def remove(self, key: str) -> None:
+        slot = self.slots.pop(key)
+        self.entry_bytes -= _entry_bytes(key, self.values[slot], self.digests[slot])
+        last = self.size - 1
+        if slot != last:
+            for array in (self.matrix, self.expires, self.used):
+                array[slot] = array[last]
+            self.values[slot], self.digests[slot] = self.values[last], self.digests[last]
+            self.keys[slot] = self.keys[last]
+            self.slots[self.keys[slot]] = slot
+        self.values.pop()
+        self.digests.pop()
+        self.keys.pop()
+        self.size = last
+        self._resize(self.size)
+
+    def expired(self, now: float) -> list[str]:
+        return [self.keys[int(i)] for i in np.flatnonzero(self.expires[: self.size] <= now)]
+
+    def _resize(self, rows: int) -> None:
+        # Double up to capacity as entries arrive, halve below a quarter full, free when empty: an
+        # emptied namespace must give its rows back, or evicting entries would not free memory.
+        alloc = self.matrix.shape[0]
+        if rows > alloc:
+            new = min(self.capacity, max(rows, 2 * alloc, _MIN_ROWS))
+        elif rows == 0:
+            new = 0
+        elif alloc > _MIN_ROWS and rows <= alloc // 4:
+            new = max(_MIN_ROWS, 2 * rows)
+        else:
             return
-        alloc = min(self.capacity, max(rows, 2 * self.matrix.shape[0], 64))
-        matrix = np.zeros((alloc, self.matrix.shape[1]), dtype=np.float32)
-        matrix[: self.size] = self.matrix[: self.size]
-        expires = np.zeros(alloc, dtype=np.float64)
-        expires[: self.size] = self.expires[: self.size]
-        self.matrix, self.expires = matrix, expires
+        n = self.size
+        matrix = np.zeros((new, self.matrix.shape[1]), dtype=np.float32)
+        matrix[:n] = self.matrix[:n]
+        expires = np.zeros(new, dtype=np.float64)
+        expires[:n] = self.expires[:n]
+        used = np.zeros(new, dtype=np.int64)
+        used[:n] = self.used[:n]
+        self.matrix, self.expires, self.used = matrix, expires, used
+
+
+def _entry_bytes(key: str, value: bytes, digest: Digest | None) -> int:
+    return _ENTRY_BYTES + sys.getsizeof(key) + sys.getsizeof(value) + (digest.nbytes if digest else 0)
 
 
 class SemanticCache:
@@ -149,6 +207,10 @@ class SemanticCache:
     ``refresh_ms`` when it is queried, which makes another replica's write visible in about that
     long. A search is one matrix-vector product (10k x 384 is well under a millisecond).
     Redis failures leave the local copy serving and stores local-only; nothing raises.
+
+    A replica holds at most ``max_entries`` per namespace and ``max_bytes`` in all: namespaces are
+    per tenant and rule, so their number grows with the tenants, and past the budget the least
+    recently used entries go, whichever namespace holds them (``nbytes``: what is held now).
 
     With a ``verifier``, a candidate is served only if the query's text and the entry's text are
     both known and the verifier accepts the pair (bench/semantic_threshold.py measures why);
@@ -162,6 +224,7 @@ class SemanticCache:
         threshold: float,
         margin: float = 0.0,
         max_entries: int = 10_000,
+        max_bytes: int = 64 * 2**20,
         ttl_s: int = 86_400,
         refresh_ms: float = 250.0,
         page: int = 500,
@@ -173,12 +236,16 @@ class SemanticCache:
         self.threshold = threshold
         self.margin = margin
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self.refresh_s = refresh_ms / 1000
         self.page = page
         self._clock = clock
         self.verifier = verifier
-        self._partitions: dict[str, _Partition] = {}
+        self.nbytes = 0
+        self._partitions: OrderedDict[str, _Partition] = OrderedDict()  # least recently used first
+        self._lru: OrderedDict[tuple[str, str], None] = OrderedDict()  # (namespace, key), across all
+        self._uses = 0
 
     @classmethod
     def from_spec(cls, spec: CacheSpec, guard: RedisGuard | None = None) -> SemanticCache:
@@ -188,10 +255,16 @@ class SemanticCache:
             threshold=spec.semantic_threshold,
             margin=spec.semantic_margin,
             max_entries=spec.semantic_max_entries,
+            max_bytes=spec.semantic_max_bytes,
             ttl_s=spec.semantic_ttl_s,
             refresh_ms=spec.semantic_refresh_ms,
             verifier=PairVerifier(spec.semantic_verify_min_probability) if spec.semantic_verify else None,
         )
+
+    @property
+    def entries(self) -> int:
+        """Entries held on this replica, in all namespaces."""
+        return len(self._lru)
 
     @staticmethod
     def stream_key(namespace: str) -> str:
@@ -202,7 +275,62 @@ class SemanticCache:
         part = self._partitions.get(namespace)
         if part is None:
             part = self._partitions[namespace] = _Partition(self.max_entries)
+            self._account(part.nbytes)
+            self._fit(keep=namespace)
+        else:
+            self._partitions.move_to_end(namespace)
         return part
+
+    def _account(self, change: int) -> None:
+        self.nbytes += change
+        self.stats.semantic_bytes += change
+
+    def _use(self, namespace: str, part: _Partition, slot: int) -> None:
+        self._uses += 1
+        part.used[slot] = self._uses
+        self._lru.move_to_end((namespace, part.keys[slot]))
+
+    def _add(
+        self,
+        namespace: str,
+        part: _Partition,
+        key: str,
+        vector: np.ndarray,
+        value: bytes,
+        expires: float,
+        digest: Digest | None,
+    ) -> None:
+        before = part.nbytes
+        self._uses += 1
+        evicted = part.add(key, vector, value, expires, digest, self._uses, self._clock())
+        if evicted is not None:
+            del self._lru[(namespace, evicted)]
+            self.stats.semantic_evictions += 1
+        self._lru[(namespace, key)] = None
+        self._lru.move_to_end((namespace, key))
+        self._account(part.nbytes - before)
+        self._fit(keep=namespace)
+
+    def _remove(self, namespace: str, part: _Partition, key: str) -> None:
+        before = part.nbytes
+        part.remove(key)
+        del self._lru[(namespace, key)]
+        self._account(part.nbytes - before)
+
+    def _fit(self, keep: str) -> None:
+        """Evict the least recently used entries, in any namespace, until ``max_bytes`` holds; with
+        none left, forget idle empty namespaces but ``keep`` (the one in use): their stream is read
+        again if they are asked."""
+        while self.nbytes > self.max_bytes:
+            if self._lru:
+                namespace, key = next(iter(self._lru))
+                self._remove(namespace, self._partitions[namespace], key)
+                self.stats.semantic_budget_evictions += 1
+                continue
+            idle = next((ns for ns, p in self._partitions.items() if ns != keep and not p.refreshing), None)
+            if idle is None:
+                return
+            self._account(-self._partitions.pop(idle).nbytes)
 
     async def lookup(
         self, namespace: str, embedding: np.ndarray, *, text: str | None = None
@@ -223,8 +351,8 @@ class SemanticCache:
         queries = unit_rows(embeddings)
         if texts is not None and len(texts) != len(queries):
             raise ValueError(f"{len(texts)} texts for {len(queries)} embeddings")
-        part = self._partition(namespace)
         await self.refresh(namespace)
+        part = self._partition(namespace)
         if part.size == 0:
             self.stats.semantic_misses += len(queries)
             return [None] * len(queries)
@@ -245,7 +373,8 @@ class SemanticCache:
             else:
                 i = picked[0]
                 self.stats.semantic_hits += 1
-                hits.append(SemanticHit(part.values[i], picked[1], part.texts[i], part.keys[i]))
+                self._use(namespace, part, i)
+                hits.append(SemanticHit(part.values[i], picked[1], part.keys[i]))
         return hits
 
     def _judges(
@@ -254,16 +383,17 @@ class SemanticCache:
         """The verifier as ``choose`` asks it: may entry i answer ``query``; is it surely another question?"""
         verifier = self.verifier
         assert verifier is not None
+        asked = None if query is None else facts(query)  # once per query, not once per candidate
 
         def accept(i: int) -> bool:
-            entry = part.texts[i]
-            if query is None or entry is None:  # unverifiable: a wrong answer costs more than a miss
+            entry = part.digests[i]
+            if asked is None or entry is None:  # unverifiable: a wrong answer costs more than a miss
                 return False
-            return verifier.accepts(query, entry, float(sims[i]))
+            return verifier.accepts(asked, entry, float(sims[i]))
 
         def distinct(i: int) -> bool:
-            entry = part.texts[i]
-            return query is not None and entry is not None and verifier.distinct(query, entry)
+            entry = part.digests[i]
+            return asked is not None and entry is not None and verifier.distinct(asked, entry)
 
         return accept, distinct
 
@@ -287,15 +417,16 @@ class SemanticCache:
             key: identity of the entry (e.g. the exact ``cache_key``); a second store with the same
                 key replaces the first instead of occupying a second row. Default: hash of value+vector.
             text: the question's text, stored with the entry in Redis so that every replica can run
-                the verifier on it; without it, the entry is served only when no verifier is set.
+                the verifier on it (each keeps only its ``Digest``); without it, the entry is
+                served only when no verifier is set.
         """
         vector = unit_rows(embedding)[0]
         ttl = min(ttl_s or self.ttl_s, self.ttl_s)
         expires = self._clock() + ttl
         if key is None:
             key = hashlib.sha256(value + vector.tobytes()).hexdigest()
-        if self._partition(namespace).add(key, vector, value, expires, text):
-            self.stats.semantic_evictions += 1
+        part = self._partition(namespace)
+        self._add(namespace, part, key, vector, value, expires, None if text is None else digest(text))
         stream = self.stream_key(namespace)
         fields: dict[str | bytes, bytes | str | float] = {
             "k": key, "e": vector.tobytes(), "v": value, "x": repr(expires)
@@ -325,6 +456,8 @@ class SemanticCache:
             return
         part.refreshing = True
         try:
+            for key in part.expired(self._clock()):  # never served again: give their memory back
+                self._remove(namespace, part, key)
             stream = self.stream_key(namespace)
             while True:
                 start = b"(" + part.last_id
@@ -336,7 +469,7 @@ class SemanticCache:
                 entries = await self.guard.call(page, None, "semantic refresh")
                 if not entries:
                     break
-                self._ingest(part, entries)
+                self._ingest(namespace, part, entries)
                 if len(entries) < self.page:
                     break
                 await asyncio.sleep(0)  # a big first load must not starve the event loop
@@ -344,7 +477,9 @@ class SemanticCache:
             part.refreshing = False
             part.next_refresh = time.monotonic() + self.refresh_s
 
-    def _ingest(self, part: _Partition, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def _ingest(
+        self, namespace: str, part: _Partition, entries: list[tuple[bytes, dict[bytes, bytes]]]
+    ) -> None:
         now = self._clock()
         for entry_id, fields in entries:
             part.last_id = entry_id
@@ -353,9 +488,9 @@ class SemanticCache:
                 vector = np.frombuffer(fields[b"e"], dtype=np.float32)
                 if expires <= now:
                     continue
-                text = fields[b"t"].decode() if b"t" in fields else None
-                if part.add(fields[b"k"].decode(), vector, fields[b"v"], expires, text):
-                    self.stats.semantic_evictions += 1
+                key, value = fields[b"k"].decode(), fields[b"v"]
+                said = digest(fields[b"t"].decode()) if b"t" in fields else None
+                self._add(namespace, part, key, vector, value, expires, said)
             except (KeyError, ValueError) as exc:  # foreign or corrupt (bad UTF-8 too): skipped, not fatal
                 log.debug("skipping semantic entry %r: %s", entry_id, exc)
 

@@ -121,7 +121,20 @@ class CacheSpec(BaseModel):
         "rate up (bench/results/semantic_threshold.md). 0 = vetoes only.",
     )
     semantic_max_entries: int = Field(
-        default=10_000, ge=1, le=1_000_000, description="Entries per namespace; the oldest go first."
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Entries per namespace (one per tenant and cacheable rule); past it, the expired "
+        "go first, then the least recently used.",
+    )
+    semantic_max_bytes: int = Field(
+        default=64 * 2**20,
+        ge=2**20,
+        le=2**40,
+        description="Memory one replica's semantic cache may hold in all its namespaces together: "
+        "vectors, values and what the verifier reads of each question (not the question itself). Past "
+        "it the least recently used entries go, whichever namespace holds them. Namespaces multiply "
+        "with tenants, so the per-namespace bound alone does not bound a replica.",
     )
     semantic_ttl_s: int = Field(default=86_400, ge=1, description="Lifetime of a semantic entry.")
     semantic_refresh_ms: float = Field(

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from opentelemetry import trace
 
 from xz_serve.cache.coalesce import Coalescer
-from xz_serve.cache.codec import CodecError, decode_prediction, encode_prediction
+from xz_serve.cache.codec import CodecError, decode_prediction, encode_prediction, is_prediction
 from xz_serve.cache.exact import Claim, ExactCache
 from xz_serve.cache.guard import cache_guard
 from xz_serve.cache.keys import TextNorm, cache_key, norm_for_tokenizer
@@ -209,10 +209,10 @@ class CachedNluClient:
                 lease = backend.coalescer.new_lease() if ctx.cache_write else None
                 lookup = await backend.cache.lookup(unique, lease)
                 for key, value in zip(unique, lookup.values, strict=True):
-                    if value is not None:
+                    if value is not None:  # the cache has checked it (is_prediction)
                         try:
                             found[key] = decode_prediction(value)
-                        except CodecError as exc:  # another format or corrupt: recompute, overwrite
+                        except CodecError as exc:  # computed below, and the write replaces it
                             log.warning("undecodable cache entry %s: %s", key, exc)
                 span.set_attribute("xz.cache.keys", len(unique))
                 span.set_attribute("xz.cache.hits", len(found))
@@ -225,9 +225,11 @@ class CachedNluClient:
         fresh: dict[str, TextPrediction] = {}
         parts: list[BatchStats] = []
         if missing:
-            meta = ctx.call_meta()
+            carrier = ctx.call_meta().carrier
 
-            async def compute(batch: list[str]) -> list[bytes]:
+            async def compute(batch: list[str], deadline: float | None) -> list[bytes]:
+                # Under the deadline of every request waiting on it (the coalescer's), not only ours.
+                meta = CallMeta(deadline=deadline, carrier=carrier)
                 result = await self.inner.predict([text_of[k] for k in batch], meta)
                 if result.model_id and result.model_id != model_id:
                     self._model_changed(model_id, result.model_id)
@@ -237,18 +239,19 @@ class CachedNluClient:
                 return [encode_prediction(p) for p in result.predictions]
 
             if ctx.cache_read and ctx.cache_write:
-                values = await backend.coalescer.run_many(missing, compute, claim)
+                values = await backend.coalescer.run_many(missing, compute, claim, deadline=ctx.deadline)
                 corrupt = []
                 for key, value in zip(missing, values, strict=True):
                     if key not in fresh:  # computed by another request, here or on another replica
                         try:
                             found[key] = decode_prediction(value)
-                        except CodecError:
+                        except CodecError:  # the coalescer checks what it reads; never kept as is
                             corrupt.append(key)
                 if corrupt:
-                    await compute(corrupt)
+                    again = await compute(corrupt, ctx.deadline)
+                    backend.cache.schedule_set_many(zip(corrupt, again, strict=True))
             else:  # no-cache: a fresh answer, stored unless no-store; no-store: nothing written
-                values = await compute(missing)
+                values = await compute(missing, ctx.deadline)
                 if ctx.cache_write:
                     backend.cache.schedule_set_many(zip(missing, values, strict=True))
         found.update(fresh)
@@ -300,7 +303,7 @@ class CachedNluClient:
         """Redis client and layers, created in the running loop that will use them."""
         if self._backend is None:
             guard = self.guard or cache_guard(self.spec, self.stats)
-            cache = ExactCache.from_spec(self.spec, guard)
+            cache = ExactCache.from_spec(self.spec, guard, check=is_prediction)
             self._backend = _Backend(
                 guard, cache, Coalescer.from_spec(self.spec, cache), CacheMetrics(self.stats)
             )

@@ -1,14 +1,17 @@
-"""In-process coalescing: identical keys in flight are computed once; a failure reaches every waiter."""
+"""In-process coalescing: identical keys in flight are computed once; a failure reaches every waiter;
+each waiter keeps its own deadline."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from xz_serve.cache.coalesce import Coalescer
 from xz_serve.cache.exact import ExactCache
 from xz_serve.cache.spec import CacheSpec
+from xz_serve.kernel.errors import DeadlineExceededError
 from xz_serve.kernel.redis import RedisGuard
 
 
@@ -20,7 +23,7 @@ async def test_fifty_identical_calls_compute_once() -> None:
     co = coalescer()
     calls = 0
 
-    async def compute() -> bytes:
+    async def compute(_deadline: float | None) -> bytes:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.01)
@@ -36,7 +39,7 @@ async def test_failure_reaches_every_waiter_and_is_not_cached() -> None:
     co = coalescer()
     calls = 0
 
-    async def compute() -> bytes:
+    async def compute(_deadline: float | None) -> bytes:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.01)
@@ -47,7 +50,7 @@ async def test_failure_reaches_every_waiter_and_is_not_cached() -> None:
     assert all(isinstance(r, RuntimeError) for r in results)
     assert len({id(r) for r in results}) == 1  # the same exception object
 
-    async def ok() -> bytes:
+    async def ok(_deadline: float | None) -> bytes:
         return b"v"
 
     assert await co.run("k", ok) == b"v"  # the failure is not remembered
@@ -58,7 +61,7 @@ async def test_run_many_batches_only_new_keys() -> None:
     batches: list[list[str]] = []
     gate = asyncio.Event()
 
-    async def compute(keys: list[str]) -> list[bytes]:
+    async def compute(keys: list[str], _deadline: float | None) -> list[bytes]:
         batches.append(keys)
         await gate.wait()
         return [k.encode() for k in keys]
@@ -76,7 +79,7 @@ async def test_run_many_batches_only_new_keys() -> None:
 async def test_cancelled_waiter_does_not_cancel_the_others() -> None:
     co = coalescer()
 
-    async def compute() -> bytes:
+    async def compute(_deadline: float | None) -> bytes:
         await asyncio.sleep(0.02)
         return b"v"
 
@@ -92,8 +95,70 @@ async def test_cancelled_waiter_does_not_cancel_the_others() -> None:
 async def test_wrong_number_of_values_is_an_error() -> None:
     co = coalescer()
 
-    async def compute(keys: list[str]) -> list[bytes]:
+    async def compute(keys: list[str], _deadline: float | None) -> list[bytes]:
         return []
 
     with pytest.raises(ValueError, match="0 values for 2 keys"):
         await co.run_many(["a", "b"], compute)
+
+
+async def test_the_computation_runs_under_the_longest_deadline_of_its_waiters_or_none() -> None:
+    co = coalescer()
+    seen: list[float | None] = []
+    gate = asyncio.Event()
+
+    async def compute(keys: list[str], deadline: float | None) -> list[bytes]:
+        seen.append(deadline)
+        await gate.wait()
+        return [b"v"] * len(keys)
+
+    now = time.time()
+    waiters = [asyncio.create_task(co.run_many(["k"], compute, deadline=now + s)) for s in (1, 3, 2)]
+    unbounded = [asyncio.create_task(co.run_many(["j"], compute, deadline=now + 1)),
+                 asyncio.create_task(co.run_many(["j"], compute))]  # fmt: skip
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await asyncio.gather(*waiters, *unbounded) == [[b"v"]] * 5
+    assert seen == [now + 3, None]
+
+
+async def test_a_waiter_stops_at_its_deadline_and_the_others_still_get_the_value() -> None:
+    co = coalescer()
+    calls = 0
+
+    async def compute(_deadline: float | None) -> bytes:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return b"v"
+
+    started = time.perf_counter()
+    patient = asyncio.create_task(co.run("k", compute))
+    with pytest.raises(DeadlineExceededError):
+        await co.run("k", compute, deadline=time.time() + 0.05)
+    assert time.perf_counter() - started < 0.15
+    assert await patient == b"v" and calls == 1
+    with pytest.raises(DeadlineExceededError):  # already past: not even a computation
+        await co.run("x", compute, deadline=time.time() - 1)
+    assert calls == 1
+
+
+async def test_a_run_cut_short_by_its_deadline_runs_again_for_a_waiter_with_time_left() -> None:
+    co = coalescer()
+    runs: list[float | None] = []
+
+    async def compute(deadline: float | None) -> bytes:
+        runs.append(deadline)
+        left = 0.2 if deadline is None else min(0.2, deadline - time.time())
+        await asyncio.sleep(max(left, 0))
+        if left < 0.2:
+            raise DeadlineExceededError("the models did not answer before the deadline")
+        return b"v"
+
+    now = time.time()
+    first = asyncio.create_task(co.run("k", compute, deadline=now + 0.05))
+    await asyncio.sleep(0.01)  # running under the first waiter's 50 ms when the second joins
+    second = asyncio.create_task(co.run("k", compute, deadline=now + 5))
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(results[0], DeadlineExceededError) and results[1] == b"v"
+    assert runs == [now + 0.05, now + 5]

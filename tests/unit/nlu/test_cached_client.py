@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ from xz_serve.cache.spec import CacheSpec
 from xz_serve.http.app import create_api
 from xz_serve.http.cache_control import cache_rules
 from xz_serve.kernel.context import RequestContext
+from xz_serve.kernel.errors import DeadlineExceededError
 from xz_serve.kernel.redis import RedisGuard
 from xz_serve.kernel.types import CallMeta, PredictResult
 from xz_serve.nlu.cached import CachedNluClient, UncachedPredictor, predictor
+from xz_serve.nlu.client import predict_chunked
 from xz_serve.settings import XzSettings
 
 OPTIONS = {"top_k": 3, "max_tokens": 128}
@@ -296,3 +300,58 @@ async def test_metrics_publish_counter_deltas() -> None:
     await client.predict_for(["a"], ctx())
     assert metrics.publish() == {"l1_hits": 1}
     assert metrics.publish() == {}  # nothing new since
+
+
+class DeadlineClient(CountingClient):
+    """Waits for the model like the real clients do: until the call's deadline, then 504."""
+
+    async def predict(self, texts: list[str], meta: CallMeta | None = None) -> PredictResult:
+        return await predict_chunked(texts, meta, 64, lambda piece: CountingClient.predict(self, piece, meta))
+
+
+async def timed(work: Awaitable[PredictResult]) -> tuple[PredictResult | BaseException, float]:
+    started = time.perf_counter()
+    try:
+        return await work, time.perf_counter() - started
+    except Exception as exc:
+        return exc, time.perf_counter() - started
+
+
+async def test_a_short_deadline_does_not_fail_a_longer_identical_request() -> None:
+    inner = DeadlineClient(delay_s=0.3)
+    client = cached(inner)
+    now = time.time()
+    first = asyncio.create_task(timed(client.predict_for(["jump start"], ctx(deadline=now + 0.1))))
+    await asyncio.sleep(0.02)  # the first request's computation is under way when the second joins it
+    second = asyncio.create_task(timed(client.predict_for(["jump start"], ctx(deadline=now + 10))))
+    (short, short_s), (long, long_s) = await asyncio.gather(first, second)
+    assert isinstance(short, DeadlineExceededError) and short_s < 0.2
+    assert isinstance(long, PredictResult), long  # served, under its own deadline
+    assert long_s < 0.1 + 0.3 + 0.2
+    assert 1 <= len(inner.calls) <= 2  # computed again only because the first run's deadline ended it
+
+
+async def test_each_waiter_stops_waiting_at_its_own_deadline() -> None:
+    inner = DeadlineClient(delay_s=0.5)
+    client = cached(inner)
+    now = time.time()
+    first = asyncio.create_task(timed(client.predict_for(["jump start"], ctx(deadline=now + 5))))
+    await asyncio.sleep(0.02)
+    second = asyncio.create_task(timed(client.predict_for(["jump start"], ctx(deadline=now + 0.15))))
+    (long, long_s), (short, short_s) = await asyncio.gather(first, second)
+    assert isinstance(short, DeadlineExceededError) and short_s < 0.15 + 0.1  # not after the 0.5 s run
+    assert isinstance(long, PredictResult) and 0.45 < long_s < 0.5 + 0.2
+    assert len(inner.calls) == 1
+
+
+async def test_the_computation_runs_under_the_longest_deadline_or_none() -> None:
+    inner = DeadlineClient(delay_s=0.3)
+    client = cached(inner)
+    started = time.time()
+    (short, short_s), (unbounded, _) = await asyncio.gather(  # both join before the computation starts
+        timed(client.predict_for(["jump start"], ctx(deadline=started + 0.1))),
+        timed(client.predict_for(["jump start"], ctx())),
+    )
+    assert isinstance(short, DeadlineExceededError) and short_s < 0.2
+    assert isinstance(unbounded, PredictResult), unbounded
+    assert len(inner.calls) == 1  # one run, with no deadline: one of its waiters has none
