@@ -393,7 +393,9 @@ class DialogService:
         whole = "stream_interrupted" not in turn.flags  # only a whole reply is reused
         if turn.completion is not None and turn.cacheable and ctx.cache_write and whole:
             usage = turn.completion.usage
-            value = json.dumps({"reply": turn.reply, "question": turn.message, "tokens": usage.total})
+            # The reply and what it saved; the question's digest travels beside it (``text=``) for
+            # the verifier, so the value does not repeat the question (a long message doubled it).
+            value = json.dumps({"reply": turn.reply, "tokens": usage.total}, ensure_ascii=False)
             await self.reply_cache.store(  # type: ignore[union-attr]
                 self._namespace(nlu, ctx.tenant),
                 nlu.embedding,
