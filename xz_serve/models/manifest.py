@@ -16,6 +16,8 @@ TOKENIZER_FILE = "tokenizer.json"
 LABELS_FILE = "labels.json"
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
+DETECTOR_FILE = "detector.npz"  # the out-of-scope detector's arrays (models/detector.py)
+CURVE_FILE = "oos_curve.png"  # the report's out-of-scope recall against in-scope accuracy
 MODEL_NAME = "xz-minilm-nlu"
 
 

@@ -10,17 +10,20 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from xz_serve.models.base import Labels, NluOutputs, softmax
+from xz_serve.models.detector import load_detector
 from xz_serve.models.manifest import LABELS_FILE
 from xz_serve.models.preprocess import spell_symbols
 
 
 def load_labels(artifacts_dir: Path) -> Labels:
-    """Label names in head order, as the build wrote them."""
+    """Label names in head order, and the out-of-scope detector, as the build wrote them."""
     data = json.loads((artifacts_dir / LABELS_FILE).read_text(encoding="utf-8"))
+    entry = data.get("oos_detector")
     return Labels(
         intents=tuple(data["intents"]),
         sentiments=tuple(data["sentiments"]),
         oos_threshold=float(data.get("oos_threshold", 0.0)),
+        detector=load_detector(artifacts_dir / entry["file"], entry) if entry else None,
     )
 
 

@@ -11,9 +11,17 @@ from xz_serve.models.base import Labels, NluOutputs
 def label_outputs(
     outputs: NluOutputs, labels: Labels, token_counts: list[int], top_k: int
 ) -> list[TextPrediction]:
-    """Top-k intents, sentiment distribution and embedding per text, in input order."""
+    """Top-k intents, sentiment distribution and embedding per text, in input order.
+
+    Out of scope is the detector's call where the build fitted one (scored from this same pass's
+    embeddings and probabilities); otherwise the ``oos`` label winning or a top confidence under
+    ``labels.oos_threshold``.
+    """
     k = min(top_k, len(labels.intents))
     top = np.argsort(-outputs.intent_probs, axis=-1)[:, :k]
+    flagged = None
+    if labels.detector is not None:
+        _, flagged = labels.detector.flags(outputs.embeddings, outputs.intent_probs)
     predictions = []
     for row, indices in enumerate(top):
         probs = outputs.intent_probs[row]
@@ -27,7 +35,9 @@ def label_outputs(
                 },
                 embedding=outputs.embeddings[row],
                 tokens=token_counts[row],
-                out_of_scope=best == labels.oos or float(probs[indices[0]]) < labels.oos_threshold,
+                out_of_scope=bool(flagged[row])
+                if flagged is not None
+                else best == labels.oos or float(probs[indices[0]]) < labels.oos_threshold,
             )
         )
     return predictions

@@ -46,13 +46,58 @@ class BuildSpec(_Spec):
         description="Per-channel INT8 weights (one scale per output channel, not per tensor): keeps "
         "INT8 accuracy close to FP32.",
     )
+    min_examples_per_label: int = Field(
+        5,
+        ge=2,
+        description="Fewest training examples a label may have: the build refuses data with fewer, "
+        "before training (one goes to the calibration holdout, the rest cannot teach a class).",
+    )
+    max_conflict_share: float = Field(
+        0.001,
+        ge=0,
+        lt=1,
+        description="Share of a task's rows whose text also appears with another label that the "
+        "build tolerates as label noise (kept, and listed as warnings); above it the data is refused.",
+    )
+    max_data_mb: float = Field(
+        200.0, gt=0, description="Largest JSONL file the build reads (MB): a bigger one is refused unread."
+    )
+    oos_negatives_per_source: int = Field(
+        3000,
+        ge=0,
+        description="Out-of-domain texts drawn from each shared source (tweets, QQP, StackFAQ) for "
+        "the out-of-scope detector: half fit it, half are held back for the report.",
+    )
+    oos_keep_in_scope: float = Field(
+        0.995,
+        gt=0,
+        le=1,
+        description="The out-of-scope detector's operating point: the share of the in-scope accuracy "
+        "on the train holdout that it keeps. Lower flags more out-of-scope requests and more "
+        "in-scope ones with them.",
+    )
 
 
 class ModelSpec(_Spec):
     """Where the artifacts live and which variant replicas load."""
 
     artifacts_dir: Path = Field(Path("artifacts"), description="Built models, tokenizer, labels, report.")
-    data_dir: Path = Field(Path("../shared/data"), description="Training and validation JSONL sets.")
+    data_dir: Path = Field(
+        Path("../shared/data"),
+        description="The shared data sets: the default intent and sentiment data, and the "
+        "out-of-domain texts (tweets, QQP and StackFAQ questions) that calibrate the "
+        "out-of-scope detector.",
+    )
+    intent_data: Path | None = Field(
+        None,
+        description="Folder with the intent set: train.jsonl and optionally val.jsonl, one "
+        '{"text", "label"} a line, any labels (`oos` optional). Unset: data_dir/intent_clinc150.',
+    )
+    sentiment_data: Path | None = Field(
+        None,
+        description="Folder with the sentiment set, laid out as intent_data. Unset: "
+        "data_dir/sentiment_tweeteval.",
+    )
     quantization: Quantization = Field("int8", description="Variant replicas load; fp32 for comparison.")
     build_if_missing: bool = Field(True, description="Build the artifacts on first start if absent.")
     intra_op_threads: int = Field(
@@ -65,3 +110,13 @@ class ModelSpec(_Spec):
     )
     max_tokens: int = Field(128, ge=8, le=512, description="Tokens per text kept at inference.")
     build: BuildSpec = Field(default_factory=BuildSpec)
+
+    def intent_dir(self) -> Path:
+        """The intent set's folder: ``intent_data``, or CLINC150 under ``data_dir``."""
+        return self.intent_data if self.intent_data is not None else self.data_dir / "intent_clinc150"
+
+    def sentiment_dir(self) -> Path:
+        """The sentiment set's folder: ``sentiment_data``, or TweetEval under ``data_dir``."""
+        if self.sentiment_data is not None:
+            return self.sentiment_data
+        return self.data_dir / "sentiment_tweeteval"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from xz_serve.models.base import Labels
-from xz_serve.models.manifest import LABELS_FILE
+from xz_serve.models.detector import OosDetector
+from xz_serve.models.manifest import DETECTOR_FILE, LABELS_FILE
 from xz_serve.models.onnx_model import length_buckets, load_labels
 
 
@@ -60,3 +61,20 @@ def test_load_labels_reads_the_build_and_defaults_the_threshold(tmp_path: Path) 
     assert load_labels(tmp_path) == Labels(("a", "oos"), ("neg", "pos"), oos_threshold=0.4)
     path.write_text(json.dumps({"intents": ["a", "oos"], "sentiments": ["neg", "pos"]}))
     assert load_labels(tmp_path).oos_threshold == 0.0
+
+
+def test_load_labels_reads_the_detector_beside_the_labels(tmp_path: Path) -> None:
+    detector = OosDetector(
+        whiten=np.eye(2), centers=np.eye(2), in_scope=np.array([0]), oos_index=1,
+        feature_mean=np.zeros(3), feature_scale=np.ones(3), weights=np.array([1.0, -1.0, 0.5]),
+        bias=0.25, threshold=0.7,
+    )  # fmt: skip
+    detector.save(tmp_path / DETECTOR_FILE)
+    entry = {"file": DETECTOR_FILE, "oos_index": 1, "bias": 0.25, "threshold": 0.7}
+    labels = {"intents": ["a", "oos"], "sentiments": ["neg", "pos"], "oos_detector": entry}
+    (tmp_path / LABELS_FILE).write_text(json.dumps(labels))
+    loaded = load_labels(tmp_path)
+    assert loaded == Labels(("a", "oos"), ("neg", "pos"))  # the detector is not part of equality
+    assert loaded.detector is not None and loaded.detector.threshold == 0.7
+    emb, probs = np.array([[0.6, 0.8]]), np.array([[0.3, 0.7]])
+    assert loaded.detector.score(emb, probs) == pytest.approx(detector.score(emb, probs))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from xz_serve.models.base import Labels, NluOutputs
+from xz_serve.models.detector import OosDetector
 from xz_serve.models.postprocess import label_outputs
 
 LABELS = Labels(
@@ -60,3 +63,20 @@ def test_rows_keep_input_order_with_their_own_sentiment_embedding_and_tokens() -
     assert first.sentiment == pytest.approx({"negative": 0.2, "neutral": 0.3, "positive": 0.5})
     np.testing.assert_array_equal(second.embedding, out.embeddings[1])
     assert (first.tokens, second.tokens) == (5, 11)  # the token_counts argument, not outputs'
+
+
+def test_with_a_detector_its_flags_decide_and_the_confidence_floor_is_not_used() -> None:
+    detector = OosDetector(
+        whiten=np.eye(8), centers=np.eye(8)[:3], in_scope=np.array([0, 1, 3]), oos_index=2,
+        feature_mean=np.zeros(3), feature_scale=np.ones(3), weights=np.array([1.0, 0.0, 0.0]),
+        bias=0.0, threshold=0.6,
+    )  # fmt: skip
+    labels = dataclasses.replace(LABELS, detector=detector)
+    emb = np.zeros((3, 8), dtype=np.float32)
+    emb[0, 0] = 1.0  # on a class mean: distance 0, score sigmoid(log 1e-12) ~ 0
+    emb[1, 7] = 1.0  # off every mean: distance 2, score sigmoid(log 2) = 2/3 >= 0.6
+    emb[2, 1] = 1.0  # on a mean, but the oos class wins the argmax
+    probs = np.array([[0.3, 0.2, 0.1, 0.4], [0.9, 0.05, 0.0, 0.05], [0.1, 0.1, 0.7, 0.1]])
+    out = NluOutputs(emb, probs, np.tile([[0.2, 0.3, 0.5]], (3, 1)), token_counts=[1, 1, 1])
+    preds = label_outputs(out, labels, [1, 1, 1], top_k=1)
+    assert [p.out_of_scope for p in preds] == [False, True, True]  # 0.4 < oos_threshold 0.5 no longer flags
