@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from xz_serve.access import metrics
 from xz_serve.access.keys import ApiKey, KeyStore, MemoryKeyStore, RedisKeyStore, parse_key
@@ -31,7 +31,7 @@ STORE_DOWN = object()  # the guard's answer when the store did not answer
 
 @dataclass
 class _Cached:
-    record: ApiKey | None
+    record: ApiKey
     at: float
 
 
@@ -70,7 +70,11 @@ class AccessGate:
         self.store: KeyStore = store or (RedisKeyStore(client) if client is not None else MemoryKeyStore())
         self.limiter: Limiter = limiter or (RedisLimiter(client) if client is not None else MemoryLimiter())
         self._clock = clock
+        # Records the store returned, and apart from them the ids it did not know (with when it
+        # said so): guessed keys only ever push out other guesses, never a real key, which keeps
+        # its stale-grace window through a store outage. Each is bounded by key_cache_max_entries.
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
 
     async def stored(self, op: Callable[[], Awaitable[T]], what: str) -> T | object:
         """``await op()`` through the guard when the store is Redis; ``STORE_DOWN`` when it failed."""
@@ -84,24 +88,42 @@ class AccessGate:
     def forget(self, key_id: str) -> None:
         """Drop a cached record (this replica revoked it)."""
         self._cache.pop(key_id, None)
+        self._unknown.pop(key_id, None)
+
+    def cached_keys(self) -> int:
+        """Entries held by the key cache: records plus remembered unknown ids."""
+        return len(self._cache) + len(self._unknown)
 
     async def lookup(self, key_id: str) -> ApiKey | object | None:
-        """The key's record (cached up to ``key_cache_ttl_s``), None if unknown, ``STORE_DOWN`` if the store
-        is unreachable and no record verified within ``key_stale_s`` is at hand."""
+        """The key's record (cached up to ``key_cache_ttl_s``), None if unknown (also remembered for
+        that long), ``STORE_DOWN`` if the store is unreachable and no record verified within
+        ``key_stale_s`` is at hand."""
         now = self._clock()
+        ttl = self.spec.key_cache_ttl_s
         hit = self._cache.get(key_id)
-        if hit is not None and now - hit.at < self.spec.key_cache_ttl_s:
+        if hit is not None and now - hit.at < ttl:
             return hit.record
+        told_unknown = self._unknown.get(key_id)
+        if hit is None and told_unknown is not None and now - told_unknown < ttl:
+            return None
         record = await self.stored(lambda: self.store.get(key_id), "key_lookup")
         if record is STORE_DOWN:
             if hit is not None and now - hit.at < self.spec.key_stale_s:
                 return hit.record
             return STORE_DOWN
-        self._cache[key_id] = _Cached(record, now)  # type: ignore[arg-type]
-        self._cache.move_to_end(key_id)
-        while len(self._cache) > self.spec.key_cache_max_entries:
-            self._cache.popitem(last=False)
+        if not isinstance(record, ApiKey):
+            self._cache.pop(key_id, None)  # gone from the store: no stale grace for it either
+            self._remember(self._unknown, key_id, now)
+            return None
+        self._unknown.pop(key_id, None)
+        self._remember(self._cache, key_id, _Cached(record, now))
         return record
+
+    def _remember(self, cache: OrderedDict[str, Any], key_id: str, value: Any) -> None:
+        cache[key_id] = value
+        cache.move_to_end(key_id)
+        while len(cache) > self.spec.key_cache_max_entries:
+            cache.popitem(last=False)
 
     async def authenticate(self, authorization: str | None, path: str) -> Verdict:
         """Bearer key -> record, then scope; a refusal carries its status and stable code."""

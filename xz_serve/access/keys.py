@@ -25,6 +25,10 @@ Scope = Literal["nlu", "embeddings", "chat", "admin"]
 DEFAULT_SCOPES = ("nlu", "embeddings", "chat")
 
 PREFIX = "xz"
+TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+"""What a tenant may be: it is a field of cache keys and session keys (``cache.keys``), which
+allow this alphabet only, so a key for any other tenant would fail on every cached call."""
+_TENANT = re.compile(TENANT_PATTERN)
 _KEY = re.compile(r"^xz_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _RECORD = "xz:apikey:{}"  # hash per key
 _INDEX = "xz:apikeys"  # set of all key ids, for listing
@@ -133,7 +137,12 @@ def mint(
     texts_per_minute: int | None = None,
     expires_at: float | None = None,
 ) -> tuple[str, ApiKey]:
-    """A new key and its record; ValueError for an unknown scope or an expiry in the past."""
+    """A new key and its record; ValueError for a tenant outside ``TENANT_PATTERN``, an unknown scope
+    or an expiry in the past. The one place keys are made (the admin API and ``xz-keys`` alike)."""
+    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
+        raise ValueError(
+            f"tenant must be 1 to 64 of A-Z a-z 0-9 _ . - (it keys the cache and sessions); got {tenant!r}"
+        )
     scope_set = frozenset(scopes)
     unknown = scope_set - set(SCOPES)
     if unknown or not scope_set:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from xz_serve.kernel.types import MAX_TOP_K
+
 
 class AccessSpec(BaseModel):
     """Authentication, per-key limits and request deadlines."""
@@ -32,7 +34,11 @@ class AccessSpec(BaseModel):
         "working (others get 503): a store outage does not lock out every client at once.",
     )
     key_cache_max_entries: int = Field(
-        10_000, ge=1, description="Key records kept per replica; bounds memory under key-guessing."
+        10_000,
+        ge=1,
+        description="Key records kept per replica, and as many ids the store did not know, kept apart: "
+        "made-up keys never evict real ones (which keep their `key_stale_s` grace). Bounds memory "
+        "under key-guessing.",
     )
     default_requests_per_minute: int | None = Field(
         600,
@@ -67,13 +73,28 @@ class ApiSpec(BaseModel):
     max_texts: int = Field(64, ge=1, le=4096, description="Texts per request.")
     max_text_chars: int = Field(2000, ge=1, le=100_000, description="Characters per text.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size.")
-    top_k: int = Field(3, ge=1, le=20, description="Intent alternatives returned per text.")
+    top_k: int = Field(
+        3,
+        ge=1,
+        le=MAX_TOP_K,
+        description="Intent alternatives returned per text when the request sets no `top_k` (a "
+        "request may ask for up to 20).",
+    )
     oos_threshold: float = Field(
         0.0,
         ge=0,
         le=1,
         description="Below this top-intent confidence a text is flagged out of scope even when the "
         "head picked an in-scope intent: an assistant should say it does not know.",
+    )
+    body_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Seconds a request's body may take to arrive in full, from when the replica starts "
+        "reading it; past it, or past the request's deadline if that comes first, the answer is 408 "
+        "`body_timeout` and the connection is closed. A body trickled in byte by byte holds its "
+        "admission slot no longer than this.",
     )
     request_timeout_s: float = Field(
         10.0,
@@ -94,4 +115,13 @@ class ApiSpec(BaseModel):
         "bounded here and larger requests by the replica's text bound). Either way at most three "
         "quarters of the HTTP replica's `max_ongoing_requests` (`nlu` when fused, `ingress` when "
         "split), so this bound refuses (JSON 503) before Serve queues or refuses anything.",
+    )
+    max_in_flight_per_key: int | None = Field(
+        None,
+        ge=1,
+        description="Requests one API key may have in flight on one replica (with auth off: one "
+        "client address, as the ASGI server reports it); past it, 429 `too_many_in_flight` + "
+        "Retry-After, after authentication and before the body is read. None: half the replica's "
+        "admission bound (see `max_in_flight`), at least 1, so one caller's slow bodies, long chat "
+        "turns or streams never take every slot. A value above the bound acts as the bound.",
     )

@@ -4,11 +4,12 @@ A request passes the stages outermost first, each filling the request's ``Reques
 
 1. ``AdmissionMiddleware``  bounded requests in flight per replica, else a prebuilt JSON 503
 2. ``TelemetryMiddleware``  server span (W3C traceparent in, x-trace-id out), HTTP metrics
-3. ``ContextMiddleware``    deadline and cache rules in; every stage's response headers out
+3. ``ContextMiddleware``    request id, deadline and cache rules in; every stage's response headers out
 4. ``AccessMiddleware``     API key, scope, per-key limits (only with ``access.auth_enabled``)
-5. ``BodyLimitMiddleware``  413 before an oversized body is buffered
-6. FastAPI's error table    every XzError and validation failure as ``{"error": {...}}``
-7. the route                validates, calls the services, shapes JSON
+5. ``CallerCapMiddleware``  one key's (auth off: one address's) share of the replica, else 429
+6. ``BodyLimitMiddleware``  the body in full before the route: 413 past its size, 408 past its time
+7. FastAPI's error table    every XzError and validation failure as ``{"error": {...}}``
+8. the route                validates, calls the services, shapes JSON
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from xz_serve.http.middleware.access import AccessMiddleware
 from xz_serve.http.middleware.admission import AdmissionMiddleware, admission_gate
 from xz_serve.http.middleware.body_limit import BodyLimitMiddleware
 from xz_serve.http.middleware.context import ContextMiddleware
+from xz_serve.http.middleware.in_flight import CallerCapMiddleware, max_in_flight_per_key
 from xz_serve.http.middleware.telemetry import TelemetryMiddleware
 from xz_serve.http.nlu_routes import nlu_router
 from xz_serve.http.openapi import document_auth
 from xz_serve.kernel.redis import RedisGuard
+from xz_serve.kernel.types import MAX_TOP_K
 from xz_serve.models.manifest import TOKENIZER_FILE, intent_labels
 from xz_serve.nlu.cached import predictor
 from xz_serve.nlu.client import NluClient
@@ -65,8 +68,12 @@ def _warn_about_access(settings: XzSettings, store: RedisGuard) -> None:
         )
 
 
-def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
-    """The FastAPI app around ``client``, with every stage but admission; tests drive it directly."""
+def create_api(client: NluClient, settings: XzSettings, *, echo_request_id: bool = True) -> FastAPI:
+    """The FastAPI app around ``client``, with every stage but admission; tests drive it directly.
+
+    ``echo_request_id``: answer ``x-request-id`` (the request's own, or a fresh one). Serve's HTTP
+    server answers it itself, with the id it put on the request, so the Serve deployments pass False.
+    """
     api = settings.api
     app = FastAPI(
         title="xz_serve",
@@ -80,7 +87,9 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     # One guard per Redis role for the whole replica: one pool and one outage detector each.
     cache_redis = cache_guard(settings.cache)
     store_redis = _store_guard(settings)
-    options = {"top_k": api.top_k, "max_tokens": settings.model.max_tokens}
+    # What a cached prediction holds: the replica's MAX_TOP_K alternatives (each route slices its
+    # request's top_k), so one entry serves every top_k, and api.top_k is not part of the key.
+    options = {"top_k": MAX_TOP_K, "max_tokens": settings.model.max_tokens}
     tokenizer = Path(settings.model.artifacts_dir) / TOKENIZER_FILE
     nlu = predictor(client, settings.cache, cache_redis, options, tokenizer)
     _warn_about_access(settings, store_redis)
@@ -104,10 +113,11 @@ def create_api(client: NluClient, settings: XzSettings) -> FastAPI:
     app.router.on_shutdown.extend([nlu.close, cache_redis.close, store_redis.close])
 
     # Added innermost first: the last one added is the outermost.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes, timeout_s=api.body_timeout_s)
+    app.add_middleware(CallerCapMiddleware, cap=max_in_flight_per_key(settings))
     if settings.access.auth_enabled:
         app.add_middleware(AccessMiddleware, gate=gate)
-    app.add_middleware(ContextMiddleware, api=api)
+    app.add_middleware(ContextMiddleware, api=api, echo_request_id=echo_request_id)
     if settings.telemetry.enabled:
         app.add_middleware(TelemetryMiddleware, on_context=_bind_trace)
     return app
@@ -124,8 +134,10 @@ def _bind_trace(scope: object, carrier: dict[str, str]) -> None:
     context_of_scope(scope).carrier = carrier  # type: ignore[arg-type]
 
 
-def create_app(client: NluClient, settings: XzSettings) -> AdmissionMiddleware:
+def create_app(
+    client: NluClient, settings: XzSettings, *, echo_request_id: bool = True
+) -> AdmissionMiddleware:
     """What a replica serves: ``create_api`` behind the admission gate (outermost: cheap refusals)."""
-    app = create_api(client, settings)
+    app = create_api(client, settings, echo_request_id=echo_request_id)
     paths = [path for route in app.routes if isinstance(path := getattr(route, "path", None), str)]
     return admission_gate(app, settings, paths)

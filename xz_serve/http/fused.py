@@ -26,7 +26,9 @@ class FusedServer:
     def __init__(self, settings: XzSettings) -> None:
         configure_telemetry(settings.telemetry, component="fused")  # each replica is its own process
         self.replica = NluReplica(settings.model, settings.batch, settings.api.top_k)
-        self._app = create_app(LocalNluClient(self.replica, settings.batch.max_batch_size), settings)
+        # Serve's HTTP server answers x-request-id (the id it put on the request): the app adds none.
+        client = LocalNluClient(self.replica, settings.batch.max_batch_size)
+        self._app = create_app(client, settings, echo_request_id=False)
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app

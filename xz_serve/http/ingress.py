@@ -23,7 +23,8 @@ class Ingress:
     def __init__(self, nlu: DeploymentHandle, settings: XzSettings) -> None:
         configure_telemetry(settings.telemetry, component="ingress")  # each replica is its own process
         client = ServeNluClient(nlu, settings.batch.max_batch_size, settings.api.request_timeout_s)
-        self._app = create_app(client, settings)
+        # Serve's HTTP server answers x-request-id (the id it put on the request): the app adds none.
+        self._app = create_app(client, settings, echo_request_id=False)
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app

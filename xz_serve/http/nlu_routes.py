@@ -1,7 +1,7 @@
 """NLU routes: ``/v1/analyze``, ``/v1/intent``, ``/v1/sentiment`` and ``/v1/embeddings``.
 
 Each validates, charges its texts to the caller's limits, calls the (cached) NLU client once and
-shapes JSON; the batch stats go out as ``x-*`` headers.
+shapes JSON; the batch stats go out as ``x-*`` headers (``x-request-id`` is the context stage's).
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from xz_serve.nlu.shapes import intent_json, sentiment_json
 from xz_serve.nlu.texts import request_texts
 
 
-def _headers(result: PredictResult, started: float, ctx: RequestContext) -> dict[str, str]:
+def _headers(result: PredictResult, started: float) -> dict[str, str]:
     return {
-        "x-request-id": ctx.request_id,
         "x-model": result.model_id,
         "x-queue-time-ms": f"{result.stats.queue_ms:.2f}",
         "x-inference-time-ms": f"{result.stats.inference_ms:.2f}",
@@ -51,8 +50,8 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
         texts = request_texts(request.text, request.texts, api)
         return await predict(texts, ctx), request.top_k or api.top_k, started
 
-    def answer(body: dict[str, Any], result: PredictResult, started: float, ctx: RequestContext) -> Response:
-        return JSONResponse(body, headers=_headers(result, started, ctx))
+    def answer(body: dict[str, Any], result: PredictResult, started: float) -> Response:
+        return JSONResponse(body, headers=_headers(result, started))
 
     @router.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
     async def analyze(request: schemas.TextsRequest, ctx: Ctx) -> Response:
@@ -67,7 +66,7 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
             }
             for i, p in enumerate(result.predictions)
         ]
-        return answer({"model": result.model_id, "results": results}, result, started, ctx)
+        return answer({"model": result.model_id, "results": results}, result, started)
 
     @router.post("/v1/intent", response_model=schemas.AnalyzeResponse, tags=["nlu"])
     async def intent(request: schemas.TextsRequest, ctx: Ctx) -> Response:
@@ -78,7 +77,7 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
              "out_of_scope": oos}
             for i, p in enumerate(result.predictions)
         ]  # fmt: skip
-        return answer({"model": result.model_id, "results": results}, result, started, ctx)
+        return answer({"model": result.model_id, "results": results}, result, started)
 
     @router.post("/v1/sentiment", response_model=schemas.AnalyzeResponse, tags=["nlu"])
     async def sentiment(request: schemas.TextsRequest, ctx: Ctx) -> Response:
@@ -87,7 +86,7 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
         results = [
             {"index": i, "sentiment": sentiment_json(p.sentiment)} for i, p in enumerate(result.predictions)
         ]
-        return answer({"model": result.model_id, "results": results}, result, started, ctx)
+        return answer({"model": result.model_id, "results": results}, result, started)
 
     @router.post("/v1/embeddings", response_model=schemas.EmbeddingResponse, tags=["embeddings"])
     async def embeddings(request: schemas.EmbeddingRequest, ctx: Ctx) -> Response:
@@ -117,6 +116,6 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
             "model": result.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return answer(body, result, started, ctx)
+        return answer(body, result, started)
 
     return router

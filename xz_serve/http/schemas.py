@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xz_serve.access.keys import DEFAULT_SCOPES, Scope
+from xz_serve.access.keys import DEFAULT_SCOPES, TENANT_PATTERN, Scope
+from xz_serve.kernel.types import MAX_TOP_K
 
 
 class _Wire(BaseModel):
@@ -19,7 +20,9 @@ class TextsRequest(_Wire):
 
     text: str | None = Field(None, description="One text to analyse.", examples=["what's my balance"])
     texts: list[str] | None = Field(None, description="Several texts, answered in order.")
-    top_k: int | None = Field(None, ge=1, le=20, description="Intent alternatives per text.")
+    top_k: int | None = Field(
+        None, ge=1, le=MAX_TOP_K, description="Intent alternatives per text (default: `api.top_k`)."
+    )
 
 
 class IntentScore(_Wire):
@@ -145,7 +148,7 @@ class KeyCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100, description="Who or what the key is for.")
     tenant: str = Field(
-        "default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Cache and limit partition of the caller."
+        "default", pattern=TENANT_PATTERN, description="Cache and limit partition of the caller."
     )
     scopes: list[Scope] = Field(
         default_factory=lambda: list(DEFAULT_SCOPES), min_length=1, description="Routes the key may call."

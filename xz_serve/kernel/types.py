@@ -6,12 +6,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MAX_TOP_K = 20
+"""The most intent alternatives a request may ask for (``top_k``): every prediction carries this
+many (or all intents, when fewer), and each route keeps the ``top_k`` its request asked for."""
+
 
 @dataclass(frozen=True)
 class TextPrediction:
     """Everything one encoder pass yields for one text, already labelled."""
 
-    intents: list[tuple[str, float]]  # top-k (label, probability), best first
+    intents: list[tuple[str, float]]  # the MAX_TOP_K best (label, probability), best first
     sentiment: dict[str, float]  # label -> probability
     embedding: np.ndarray  # [dim] float32, L2-normalised
     tokens: int  # tokens the encoder saw (for usage accounting)

@@ -15,7 +15,7 @@ import numpy as np
 from ray import serve
 
 from xz_serve.kernel.errors import DeadlineExceededError, ModelFailureError, OverloadedError
-from xz_serve.kernel.types import BatchStats, CallMeta, PredictResult, TextPrediction
+from xz_serve.kernel.types import MAX_TOP_K, BatchStats, CallMeta, PredictResult, TextPrediction
 from xz_serve.models.base import NluModel
 from xz_serve.models.postprocess import label_outputs
 from xz_serve.models.spec import ModelSpec
@@ -56,6 +56,10 @@ class NluReplica:
 
     Identical texts across the batch are computed once. If the pass fails, each call is retried
     alone, so only the call that breaks the model gets an error.
+
+    Each prediction keeps at least ``MAX_TOP_K`` intent alternatives, whatever ``top_k`` (the
+    deployment's default) says: a request may ask for any ``top_k`` up to that bound, and the
+    route keeps as many as it asked for. A cached prediction serves every ``top_k`` alike.
     """
 
     def __init__(
@@ -67,7 +71,7 @@ class NluReplica:
     ) -> None:
         configure_telemetry(component="nlu")  # no-op when the process already has it (fused)
         self.model: NluModel = model_factory() if model_factory is not None else load_model(model)
-        self.top_k = top_k
+        self.top_k = max(top_k, MAX_TOP_K)
         # One inference thread: ONNX Runtime already uses the replica's cores for one batch, and
         # running the pass off the event loop lets the next batch form while this one computes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xz-infer")

@@ -147,3 +147,22 @@ def test_cli_prints_the_plain_key_once(store_server: RedisServer, capsys: pytest
     assert parse_key(key) is not None and "not shown again" in out.err
     assert cli.main(["--redis-url", store_server.url, "list"]) == 0
     assert key not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tenant", ["a:b", "acme corp", "", "x" * 65, "ünïcode", "a/b"])
+def test_mint_refuses_a_tenant_the_cache_and_sessions_cannot_key(tenant: str) -> None:
+    with pytest.raises(ValueError, match="tenant"):
+        mint("svc", tenant=tenant)
+
+
+@pytest.mark.parametrize("tenant", ["default", "acme", "acme-1.eu_west", "x" * 64])
+def test_mint_accepts_the_tenant_alphabet(tenant: str) -> None:
+    assert mint("svc", tenant=tenant)[1].tenant == tenant
+
+
+def test_cli_refuses_a_bad_tenant_before_touching_the_store(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listens on port 1: a refusal about the tenant proves it came first, from ``mint``."""
+    argv = ["--redis-url", "redis://127.0.0.1:1/0", "create", "--name", "svc", "--tenant", "acme corp"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "tenant" in err and "unreachable" not in err

@@ -86,3 +86,30 @@ async def test_refusals_do_not_share_header_lists() -> None:
     for _ in range(3):
         await app(scope, receive, send)
     assert [len(m["headers"]) for m in sent] == [4, 4, 4]  # type: ignore[arg-type]
+
+
+async def test_only_the_probe_paths_themselves_are_exempt() -> None:
+    """A path that merely ends like a probe (``/v1/models/healthz``) takes a slot like any other;
+    the probes stay exempt under a route prefix (Serve's ``root_path``)."""
+    inner = Gate()
+    inner.release.set()
+    app = AdmissionMiddleware(inner, limit=0)
+    sent: list[int] = []
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            sent.append(int(message["status"]))  # type: ignore[call-overload]
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    def scope(path: str, root: str = "") -> dict[str, object]:
+        return {"type": "http", "path": root + path, "root_path": root, "method": "GET", "headers": []}
+
+    for path in ["/v1/models/healthz", "/v1/readyz", "/x/healthz/", "/healthzz"]:
+        await app(scope(path), receive, send)
+    assert sent == [503, 503, 503, 503]
+    sent.clear()
+    for path, root in [("/healthz", ""), ("/readyz", ""), ("/healthz", "/app"), ("/readyz", "/app")]:
+        await app(scope(path, root), receive, send)
+    assert sent == [200, 200, 200, 200]

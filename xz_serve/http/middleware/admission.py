@@ -5,7 +5,8 @@ bounds the work a replica holds however the requests are shaped (the replica's b
 bounds pending texts). The gate wraps the whole app, outside telemetry, routing and error handling,
 because under overload most requests are refusals: each one costs only a counter and a prebuilt
 JSON 503 (no span, no parsing, no validation, no model time). Refusals still reach the HTTP
-metrics (by route, status 503, code ``overloaded``). Health probes are exempt.
+metrics (by route, status 503, code ``overloaded``). The two health probes are exempt, by their
+exact paths under the app's route prefix: any other path pays for a slot, whatever it ends with.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xz_serve.http.errors import error_response
+from xz_serve.http.middleware.access import route_path
 from xz_serve.http.middleware.telemetry import UNMATCHED
 from xz_serve.settings import XzSettings
 from xz_serve.telemetry.metrics import HttpMetrics, http_metrics
 
-EXEMPT = ("/healthz", "/readyz")
+EXEMPT = frozenset({"/healthz", "/readyz"})
 RETRY_AFTER_S = 1
 # The share of the HTTP replica's Serve slots (max_ongoing_requests) left free for refusals in
 # progress: Serve counts a request against its slots before the gate sees it, and a refusal holds
@@ -69,7 +71,7 @@ class AdmissionMiddleware:
         self._headers = tuple(refusal.raw_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/").endswith(EXEMPT):
+        if scope["type"] != "http" or route_path(scope) in EXEMPT:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:

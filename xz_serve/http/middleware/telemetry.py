@@ -3,8 +3,9 @@
 A pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware), installed outermost so
 it sees every response, including errors raised by inner middlewares. It continues an incoming
 W3C ``traceparent`` (or starts a trace), hands the span's carrier to the request context for the
-stages downstream, answers ``x-trace-id``, and records request count, latency and errors by route
-*template* (``/v1/analyze``, never a raw path: bounded label values).
+stages downstream, answers ``x-trace-id``, puts the request's id on the span (``xz.request_id``:
+the id ``x-request-id`` answers and Serve's logs carry), and records request count, latency and
+errors by route *template* (``/v1/analyze``, never a raw path: bounded label values).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xz_serve.http.middleware.context import bind_request_id
 from xz_serve.telemetry.metrics import http_metrics
 from xz_serve.telemetry.propagation import extract, inject, trace_id_hex
 
@@ -84,6 +86,7 @@ class TelemetryMiddleware:
             kind=SpanKind.SERVER,
             attributes=_request_attributes(scope, headers),
         )
+        span.set_attribute("xz.request_id", bind_request_id(scope).request_id)
         span_context = span.get_span_context()
         trace_id = trace_id_hex(span_context) if span_context.is_valid else None
         status = 500
