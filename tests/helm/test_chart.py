@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,16 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "redis.enabled=false,redis.external.url=rediss://redis.example.com:6380/2,metrics.haproxy=false"
         ],
     },
+    "external-gcs-redis": {
+        "sets": [
+            "gcsFaultTolerance.redis.enabled=false,gcsFaultTolerance.redis.address=gcs.example.com:6379",
+            "gcsFaultTolerance.redis.auth.existingSecret=gcs-redis,gcsFaultTolerance.redis.auth.existingSecretKey=pw",
+            "gcsFaultTolerance.externalStorageNamespace=xz-prod,worker.podDisruptionBudget.enabled=false",
+            "worker.topologySpread.enabled=false",
+        ],
+    },
 }
+MULTINODE = ROOT / "bench" / "results" / "multinode_timeline.json"
 
 
 @pytest.fixture(scope="module", params=sorted(SCENARIOS))
@@ -124,11 +134,15 @@ def test_default_objects(defaults: list[dict[str, Any]]) -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in defaults)
     assert kinds == [
         ("Deployment", "xz-xz-serve-cache"),
+        ("PodDisruptionBudget", "xz-xz-serve-worker"),
         ("RayService", "xz-xz-serve"),
+        ("Secret", "xz-xz-serve-gcs"),
         ("Secret", "xz-xz-serve-redis"),
         ("Service", "xz-xz-serve-cache"),
         ("Service", "xz-xz-serve-dashboard"),
+        ("Service", "xz-xz-serve-gcs"),
         ("Service", "xz-xz-serve-redis"),
+        ("StatefulSet", "xz-xz-serve-gcs"),
         ("StatefulSet", "xz-xz-serve-redis"),
     ]
 
@@ -184,6 +198,8 @@ def test_values_reach_the_rayservice(ci: list[dict[str, Any]]) -> None:
     (worker,) = spec["rayClusterConfig"]["workerGroupSpecs"]
     assert (worker["minReplicas"], worker["replicas"], worker["maxReplicas"]) == (2, 2, 8)
     assert worker["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}
+    assert worker["rayStartParams"]["num-cpus"] == "3"  # worker.sizing.replicasPerPod x 1 CPU
+    assert spec["rayClusterConfig"]["autoscalerOptions"]["idleTimeoutSeconds"] == 120
     for template in ray_pods(one(ci, "RayService")).values():
         (container,) = template["spec"]["containers"]
         assert container["image"] == "registry.example.com/xiaozhua/xz-serve:2026.11.1"
@@ -252,30 +268,30 @@ def test_redis_statefulset_persists_with_aof(
         pod_labels = sts["spec"]["template"]["metadata"]["labels"]
         assert selects(sts["spec"]["selector"]["matchLabels"], pod_labels)
         assert selects(service["spec"]["selector"], pod_labels)
-    assert one(defaults, "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]["resources"] == {
+    assert one(defaults, "StatefulSet", "-redis")["spec"]["volumeClaimTemplates"][0]["spec"]["resources"] == {
         "requests": {"storage": "2Gi"}
     }
-    ci_sts = one(ci, "StatefulSet")
+    ci_sts = one(ci, "StatefulSet", "-redis")
     assert ci_sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast-ssd"
     args = ci_sts["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
     assert (
         "--requirepass"
-        not in one(defaults, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+        not in one(defaults, "StatefulSet", "-redis")["spec"]["template"]["spec"]["containers"][0]["args"]
     )
 
 
 @pytest.mark.parametrize("name", ["external-redis-secret", "external-redis-url"])
 def test_external_redis(name: str) -> None:
     objects = render(user_values(**SCENARIOS[name]))
-    assert not [o for o in objects if o["kind"] == "StatefulSet"]
-    assert not [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-redis")]
+    store_objects = [o for o in objects if o["metadata"]["name"].endswith("-redis")]
+    assert not [o for o in store_objects if o["kind"] in ("StatefulSet", "Service")]
     env = env_of(ray_pods(one(objects, "RayService"))["worker"]["spec"]["containers"][0])
     if name == "external-redis-secret":
         assert env["XZ_STORE__REDIS_URL"] == {"secretKeyRef": {"name": "shared-redis", "key": "url"}}
-        assert not [o for o in objects if o["kind"] == "Secret"]
+        assert not [o for o in store_objects if o["kind"] == "Secret"]
     else:
-        secret = one(objects, "Secret")
+        secret = one(objects, "Secret", "-redis")
         assert secret["stringData"] == {"redis-url": "rediss://redis.example.com:6380/2"}
         assert env["XZ_STORE__REDIS_URL"] == {
             "secretKeyRef": {"name": secret["metadata"]["name"], "key": "redis-url"}
@@ -297,7 +313,8 @@ def test_cache_redis_evicts_and_keeps_nothing(
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert selects(service["spec"]["selector"], pod_labels)
         assert not selects(
-            service["spec"]["selector"], one(objects, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+            service["spec"]["selector"],
+            one(objects, "StatefulSet", "-redis")["spec"]["template"]["metadata"]["labels"],
         )
 
 
@@ -311,6 +328,155 @@ def test_cache_redis_external_or_none() -> None:
     none = render(user_values(sets=["cacheRedis.enabled=false"]))
     env = env_of(ray_pods(one(none, "RayService"))["worker"]["spec"]["containers"][0])
     assert "XZ_CACHE__REDIS_URL" not in env and "XZ_STORE__REDIS_URL" in env
+
+
+# --- worker pods: the autoscaler, sizing, spread, disruptions -----------------------------------------
+
+
+def _worker(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (worker,) = one(objects, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    return worker
+
+
+def test_autoscaler_scales_worker_pods(defaults: list[dict[str, Any]]) -> None:
+    cluster = one(defaults, "RayService")["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 60
+    worker = _worker(defaults)
+    # Serve's nlu autoscaling (1..10 replicas in prod.yaml) fits in the group at its largest.
+    nlu = XzSettings(**yaml.safe_load(PROD.read_text())["applications"][0]["args"]).nlu
+    per_pod = float(worker["rayStartParams"]["num-cpus"]) / nlu.num_cpus
+    assert worker["maxReplicas"] * per_pod >= nlu.max_replicas
+    fixed = one(render(user_values(sets=["autoscaler.enabled=false"])), "RayService")["spec"]
+    assert fixed["rayClusterConfig"]["enableInTreeAutoscaling"] is False
+    assert "autoscalerOptions" not in fixed["rayClusterConfig"]
+
+
+def test_workers_are_sized_from_the_replicas(defaults: list[dict[str, Any]]) -> None:
+    """num-cpus is what the pod's replicas reserve; requests = limits add Ray's own processes, and the
+    memory per replica covers the RSS measured for a fused replica (bench/results/multinode.md)."""
+    worker = _worker(defaults)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["worker"]["sizing"]
+    nlu = XzSettings(**yaml.safe_load(PROD.read_text())["applications"][0]["args"]).nlu
+    assert worker["rayStartParams"]["num-cpus"] == str(int(values["replicasPerPod"] * nlu.num_cpus))
+    resources = worker["template"]["spec"]["containers"][0]["resources"]
+    cpu_m = int(values["replicasPerPod"] * nlu.num_cpus * 1000) + values["overheadMilliCpu"]
+    memory_mi = values["replicasPerPod"] * values["replicaMemoryMi"] + values["overheadMemoryMi"]
+    assert resources["requests"] == resources["limits"] == {"cpu": f"{cpu_m}m", "memory": f"{memory_mi}Mi"}
+    measured = json.loads(MULTINODE.read_text())["memory"]
+    assert values["replicaMemoryMi"] >= 1.25 * measured["replica_rss_mib_max"], measured
+    # Ray's processes on a worker, and the proxy that proxy_location: EveryNode puts on every pod.
+    pod_overhead = measured["worker_node_overhead_rss_mib_max"] + measured["head_proxy_rss_mib_max"]
+    assert values["overheadMemoryMi"] >= 1.25 * pod_overhead, measured
+
+
+def test_worker_sizing_follows_the_serve_config(tmp_path: Path) -> None:
+    config = yaml.safe_load(PROD.read_text())
+    config["applications"][0]["args"]["nlu"]["num_cpus"] = 0.5
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    sets = ["worker.sizing.replicasPerPod=4,worker.sizing.replicaMemoryMi=600",
+            "worker.sizing.overheadMemoryMi=900"]  # fmt: skip
+    worker = _worker(render(user_values(sets=sets, set_files=[f"serveConfigV2={path}"])))
+    assert worker["rayStartParams"]["num-cpus"] == "2"
+    limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "2500m", "memory": "3300Mi"}
+    with pytest.raises(helm.HelmError, match="must be whole CPUs"):
+        render(user_values(sets=["worker.sizing.replicasPerPod=3"], set_files=[f"serveConfigV2={path}"]))
+    explicit = _worker(render(user_values(sets=["worker.rayStartParams.num-cpus=1"])))
+    assert explicit["rayStartParams"]["num-cpus"] == "1"
+
+
+def test_worker_pods_spread_across_zones_and_nodes(
+    defaults: list[dict[str, Any]], ci: list[dict[str, Any]]
+) -> None:
+    for objects, zones in ((defaults, "ScheduleAnyway"), (ci, "DoNotSchedule")):
+        pods = ray_pods(one(objects, "RayService"))
+        constraints = {c["topologyKey"]: c for c in pods["worker"]["spec"]["topologySpreadConstraints"]}
+        assert set(constraints) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+        assert constraints["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == zones
+        assert constraints["kubernetes.io/hostname"]["whenUnsatisfiable"] == "ScheduleAnyway"
+        for constraint in constraints.values():
+            assert constraint["maxSkew"] == 1
+            selector = constraint["labelSelector"]["matchLabels"]
+            assert selects(selector, pods["worker"]["metadata"]["labels"])
+            assert not selects(selector, pods["head"]["metadata"]["labels"])
+        assert "topologySpreadConstraints" not in pods["head"]["spec"]
+    external = ray_pods(one(render(user_values(**SCENARIOS["external-gcs-redis"])), "RayService"))
+    assert "topologySpreadConstraints" not in external["worker"]["spec"]
+
+
+def test_worker_disruption_budget(defaults: list[dict[str, Any]], ci: list[dict[str, Any]]) -> None:
+    for objects, budget in ((defaults, {"maxUnavailable": 1}), (ci, {"minAvailable": 1})):
+        pdb = one(objects, "PodDisruptionBudget")
+        assert {k: v for k, v in pdb["spec"].items() if k != "selector"} == budget
+        pods = ray_pods(one(objects, "RayService"))
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        assert selects(selector, pods["worker"]["metadata"]["labels"])
+        assert not selects(selector, pods["head"]["metadata"]["labels"])
+        for sts in (o for o in objects if o["kind"] == "StatefulSet"):
+            assert not selects(selector, sts["spec"]["template"]["metadata"]["labels"])
+    external = render(user_values(**SCENARIOS["external-gcs-redis"]))
+    assert not [o for o in external if o["kind"] == "PodDisruptionBudget"]
+
+
+# --- GCS fault tolerance ----------------------------------------------------------------------------
+
+
+def test_gcs_fault_tolerance_uses_its_own_redis_with_a_secret_password(
+    defaults: list[dict[str, Any]], ci: list[dict[str, Any]]
+) -> None:
+    for objects in (defaults, ci):
+        cluster = one(objects, "RayService")["spec"]["rayClusterConfig"]
+        options = cluster["gcsFaultToleranceOptions"]
+        secret = one(objects, "Secret", "-gcs")
+        sts = one(objects, "StatefulSet", "-gcs")
+        service = one(objects, "Service", "-gcs")
+        assert options["redisAddress"] == f"{service['metadata']['name']}.prod.svc:6379"
+        assert options["redisPassword"] == {
+            "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "password"}}
+        }
+        assert "externalStorageNamespace" not in options  # KubeRay: the RayCluster's UID, one per cluster
+        assert "redis-password" not in cluster["headGroupSpec"]["rayStartParams"]
+        # Durable and password-protected, from the same Secret.
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert args[args.index("--appendonly") + 1] == "yes"
+        assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+        assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+        assert env_of(container)["REDIS_PASSWORD"] == options["redisPassword"]["valueFrom"]
+        # Not the cache, not the store: its own pods, Service and address.
+        gcs_labels = sts["spec"]["template"]["metadata"]["labels"]
+        assert selects(service["spec"]["selector"], gcs_labels)
+        for other in (one(objects, "StatefulSet", "-redis"), one(objects, "Deployment", "-cache")):
+            assert not selects(service["spec"]["selector"], other["spec"]["template"]["metadata"]["labels"])
+        for other in (one(objects, "Service", "-redis"), one(objects, "Service", "-cache")):
+            assert not selects(other["spec"]["selector"], gcs_labels)
+        app_env = env_of(ray_pods(one(objects, "RayService"))["worker"]["spec"]["containers"][0])
+        assert options["redisAddress"].split(":")[0] not in str(app_env)
+    assert len(one(defaults, "Secret", "-gcs")["stringData"]["password"]) == 32  # generated at install
+    assert one(ci, "Secret", "-gcs")["stringData"]["password"] == "gcs/pass:word"
+    claim = one(ci, "StatefulSet", "-gcs")["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["storageClassName"] == "fast-ssd" and claim["resources"]["requests"]["storage"] == "1Gi"
+
+
+def test_gcs_fault_tolerance_with_an_external_redis_or_off() -> None:
+    objects = render(user_values(**SCENARIOS["external-gcs-redis"]))
+    assert not [o for o in objects if o["metadata"]["name"].endswith("-gcs")]
+    options = one(objects, "RayService")["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert options == {
+        "redisAddress": "gcs.example.com:6379",
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "gcs-redis", "key": "pw"}}},
+        "externalStorageNamespace": "xz-prod",
+    }
+    sets = "gcsFaultTolerance.redis.enabled=false,gcsFaultTolerance.redis.address=gcs.example.com:6379"
+    with_password = render(user_values(sets=[f"{sets},gcsFaultTolerance.redis.auth.password=pw"]))
+    assert [o["kind"] for o in with_password if o["metadata"]["name"].endswith("-gcs")] == ["Secret"]
+    no_password = one(render(user_values(sets=[sets])), "RayService")["spec"]["rayClusterConfig"]
+    assert no_password["gcsFaultToleranceOptions"] == {"redisAddress": "gcs.example.com:6379"}
+    off = render(user_values(sets=["gcsFaultTolerance.enabled=false"]))
+    assert "gcsFaultToleranceOptions" not in one(off, "RayService")["spec"]["rayClusterConfig"]
+    assert not [o for o in off if o["metadata"]["name"].endswith("-gcs")]
 
 
 # --- Services and metrics ---------------------------------------------------------------------------
@@ -368,7 +534,7 @@ def test_prometheus_scraping(defaults: list[dict[str, Any]], ci: list[dict[str, 
         assert selects(selector["matchLabels"], labels) and labels[expression["key"]] in expression["values"]
         port_names = {p["name"] for p in template["spec"]["containers"][0]["ports"]}
         assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= port_names
-    redis_labels = one(ci, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    redis_labels = one(ci, "StatefulSet", "-redis")["spec"]["template"]["metadata"]["labels"]
     assert redis_labels[expression["key"]] not in expression["values"]
 
 
@@ -382,6 +548,11 @@ def test_prometheus_scraping(defaults: list[dict[str, Any]], ci: list[dict[str, 
         ("worker.replicas=11", "worker.replicas must lie within"),
         ("rayService.upgradeStrategy.type=Recreate", "upgradeStrategy.type must be"),
         ("redis.enabled=false", "set redis.external.url or redis.external.existingSecret"),
+        ("gcsFaultTolerance.redis.enabled=false", "set gcsFaultTolerance.redis.address"),
+        ("head.rayStartParams.redis-password=x", "KubeRay refuses both"),
+        ("worker.podDisruptionBudget.minAvailable=1", "set only one of maxUnavailable and minAvailable"),
+        ("worker.podDisruptionBudget.maxUnavailable=", "set maxUnavailable or minAvailable"),
+        ("worker.sizing.replicasPerPod=0", "replicasPerPod must be at least 1"),
     ],
 )
 def test_bad_values_fail_to_render(sets: str, message: str) -> None:

@@ -2,6 +2,10 @@
 
 The timeline (replicas, req/s, P99 per second) goes to bench/results/autoscaling_timeline.json
 (and a PNG when matplotlib is installed) as the measured record of scaling.
+
+The autoscaling settings must be valid as Ray defines them: Ray's warning that they are not (it
+says it will raise in a future release) is an error here, both when the app is deployed and in a
+check of the settings themselves.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,17 +24,14 @@ import pytest
 
 from tests.integration.conftest import ROOT, local_args, wait_ready
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Ray's "look_back_period_s must be greater than metrics_interval_s" (a FutureWarning) fails the test.
+INVALID_AUTOSCALING = "error:.*look_back_period_s.*:FutureWarning"
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.filterwarnings(INVALID_AUTOSCALING)]
 APP = "xz-scale"
 RESULTS = ROOT / "bench" / "results"
 
 
-@pytest.fixture(scope="module")
-def scale_url(serve_url: str) -> Iterator[str]:
-    from ray import serve
-
-    from xz_serve.app import build_app
-
+def scale_args() -> dict[str, Any]:
     args = local_args() | {"topology": "split"}  # scale the model deployment on its own
     args["nlu"] = args["nlu"] | {
         "min_replicas": 1,
@@ -38,13 +40,52 @@ def scale_url(serve_url: str) -> Iterator[str]:
         "target_ongoing_requests": 4,
         "upscale_delay_s": 2,
         "downscale_delay_s": 8,
-        "look_back_period_s": 3,
+        # Serve averages over this window the replica metrics it receives every metrics interval
+        # (10 s, its default: the field is deprecated for an environment variable): the window must
+        # be longer than the interval, or it may hold no report at all.
+        "look_back_period_s": 12,
     }
     args["api"] = args["api"] | {"request_timeout_s": 30}
     # The load cycles through a fixed text set: with the cache on, repeats would be hits and the
     # model load this test scales on would vanish after the first pass.
     args["cache"] = {"enabled": False}
-    serve.run(build_app(args), name=APP, route_prefix="/scale", blocking=False)
+    return args
+
+
+def autoscaling_configs() -> dict[str, dict[str, Any]]:
+    """Every autoscaling config the app is deployed with: this test's, prod.yaml's deployments'."""
+    import yaml
+
+    from xz_serve.settings import XzSettings
+
+    prod = yaml.safe_load((ROOT / "deployments" / "prod.yaml").read_text())["applications"][0]["args"]
+    settings = {"test": XzSettings(**scale_args()), "prod": XzSettings(**prod)}
+    return {
+        f"{name}.{role}": getattr(s, role).serve_options()["autoscaling_config"]
+        for name, s in settings.items()
+        for role in ("nlu", "ingress")
+        if "autoscaling_config" in getattr(s, role).serve_options()
+    }
+
+
+@pytest.mark.parametrize("name", ["test.nlu", "prod.nlu", "prod.ingress"])
+def test_autoscaling_settings_are_valid_as_ray_defines_them(name: str) -> None:
+    from ray.serve.config import AutoscalingConfig
+
+    config = autoscaling_configs()[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning Ray gives about these settings
+        parsed = AutoscalingConfig(**config)
+    assert parsed.look_back_period_s > parsed.metrics_interval_s
+
+
+@pytest.fixture(scope="module")
+def scale_url(serve_url: str) -> Iterator[str]:
+    from ray import serve
+
+    from xz_serve.app import build_app
+
+    serve.run(build_app(scale_args()), name=APP, route_prefix="/scale", blocking=False)
     url = f"{serve_url}/scale"
     wait_ready(url)
     yield url

@@ -261,4 +261,120 @@ Checks of values that templates alone cannot express.
 {{- if and (not .Values.redis.enabled) (not .Values.redis.external.existingSecret) (not .Values.redis.external.url) -}}
 {{- fail "redis.enabled is false: set redis.external.url or redis.external.existingSecret" -}}
 {{- end -}}
+{{- $gcs := .Values.gcsFaultTolerance -}}
+{{- if and $gcs.enabled (not $gcs.redis.enabled) (not $gcs.redis.address) -}}
+{{- fail "gcsFaultTolerance.redis.enabled is false: set gcsFaultTolerance.redis.address (host:port of the GCS's own Redis)" -}}
+{{- end -}}
+{{- if and $gcs.enabled (hasKey .Values.head.rayStartParams "redis-password") -}}
+{{- fail "head.rayStartParams.redis-password: the GCS Redis password comes from gcsFaultTolerance.redis.auth (KubeRay refuses both)" -}}
+{{- end -}}
+{{- $pdb := .Values.worker.podDisruptionBudget -}}
+{{- if and $pdb.enabled (eq (toString $pdb.maxUnavailable) "") (eq (toString $pdb.minAvailable) "") -}}
+{{- fail "worker.podDisruptionBudget: set maxUnavailable or minAvailable" -}}
+{{- end -}}
+{{- if and $pdb.enabled (ne (toString $pdb.maxUnavailable) "") (ne (toString $pdb.minAvailable) "") -}}
+{{- fail "worker.podDisruptionBudget: set only one of maxUnavailable and minAvailable" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The model replica's Serve sizing, read from the Serve config: the first application's
+`args.nlu.num_cpus` (XzSettings' default, 1, when absent), as millicores.
+*/}}
+{{- define "xz-serve.replicaMilliCpu" -}}
+{{- $config := include "xz-serve.serveConfig" . | fromYaml -}}
+{{- $app := first $config.applications -}}
+{{- $args := $app.args | default dict -}}
+{{- $nlu := $args.nlu | default dict -}}
+{{- $cpus := 1.0 -}}
+{{- if hasKey $nlu "num_cpus" -}}
+{{- $cpus = $nlu.num_cpus | float64 -}}
+{{- end -}}
+{{- round (mulf $cpus 1000) 0 | int -}}
+{{- end -}}
+
+{{/*
+A worker pod's size, from the replicas it is meant to hold (`worker.sizing`): Ray's `num-cpus` is
+what those replicas reserve (so Ray never places more of them), and the container's requests and
+limits add Ray's own processes to the replicas' CPUs and measured memory. YAML:
+{numCpus, cpu, memory}.
+*/}}
+{{- define "xz-serve.workerSizing" -}}
+{{- $s := .Values.worker.sizing -}}
+{{- $replicaMilli := include "xz-serve.replicaMilliCpu" . | int -}}
+{{- $podMilli := mul (int $s.replicasPerPod) $replicaMilli -}}
+{{- if lt (int $s.replicasPerPod) 1 -}}
+{{- fail "worker.sizing.replicasPerPod must be at least 1" -}}
+{{- end -}}
+{{- if ne (mod $podMilli 1000) 0 -}}
+{{- fail (printf "worker.sizing.replicasPerPod (%d) times the replica's num_cpus (%dm) must be whole CPUs: Ray's num-cpus is an integer" (int $s.replicasPerPod) $replicaMilli) -}}
+{{- end -}}
+numCpus: {{ div $podMilli 1000 | quote }}
+cpu: {{ printf "%dm" (add $podMilli (int $s.overheadMilliCpu)) | quote }}
+memory: {{ printf "%dMi" (add (mul (int $s.replicasPerPod) (int $s.replicaMemoryMi)) (int $s.overheadMemoryMi)) | quote }}
+{{- end -}}
+
+{{/*
+Worker container resources: `worker.resources` when given, else requests = limits from the sizing
+(Guaranteed QoS: a replica is never throttled below, or killed above, what it was sized for).
+*/}}
+{{- define "xz-serve.workerResources" -}}
+{{- if .Values.worker.resources -}}
+{{- toYaml .Values.worker.resources -}}
+{{- else -}}
+{{- $size := include "xz-serve.workerSizing" . | fromYaml -}}
+requests:
+  cpu: {{ $size.cpu | quote }}
+  memory: {{ $size.memory | quote }}
+limits:
+  cpu: {{ $size.cpu | quote }}
+  memory: {{ $size.memory | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+`ray start` parameters of the workers: num-cpus from the sizing, overridden by worker.rayStartParams.
+*/}}
+{{- define "xz-serve.workerStartParams" -}}
+{{- $size := include "xz-serve.workerSizing" . | fromYaml -}}
+{{- $params := merge (deepCopy .Values.worker.rayStartParams) (dict "num-cpus" $size.numCpus) -}}
+{{- range $key, $value := $params }}
+{{ $key }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Labels that select this release's worker pods (the PodDisruptionBudget, the topology spread).
+*/}}
+{{- define "xz-serve.workerSelectorLabels" -}}
+{{ include "xz-serve.selectorLabels" . }}
+app.kubernetes.io/component: ray-worker
+{{- end -}}
+
+{{/*
+The GCS's Redis: its address, and the Secret (and key) holding its password ("" when it has none).
+*/}}
+{{- define "xz-serve.gcsRedisAddress" -}}
+{{- if .Values.gcsFaultTolerance.redis.enabled -}}
+{{- printf "%s-gcs.%s.svc:6379" (include "xz-serve.fullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.gcsFaultTolerance.redis.address -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "xz-serve.gcsRedisSecretName" -}}
+{{- $auth := .Values.gcsFaultTolerance.redis.auth -}}
+{{- if $auth.existingSecret -}}
+{{- $auth.existingSecret -}}
+{{- else if or .Values.gcsFaultTolerance.redis.enabled $auth.password -}}
+{{- printf "%s-gcs" (include "xz-serve.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "xz-serve.gcsRedisSecretKey" -}}
+{{- if .Values.gcsFaultTolerance.redis.auth.existingSecret -}}
+{{- .Values.gcsFaultTolerance.redis.auth.existingSecretKey -}}
+{{- else -}}
+password
+{{- end -}}
 {{- end -}}
