@@ -15,7 +15,8 @@ from xz_serve.http.fused import FusedServer
 from xz_serve.http.ingress import Ingress
 from xz_serve.nlu.replica import NluReplica
 from xz_serve.settings import XzSettings
-from xz_serve.telemetry.tracing import forwarded_env
+from xz_serve.telemetry.redact import redact
+from xz_serve.telemetry.tracing import HEADERS_FILE_ENV, forwarded_env, withheld
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,21 @@ def resolve(settings: XzSettings) -> XzSettings:
 
 def with_otel_env(options: dict[str, Any], settings: XzSettings) -> dict[str, Any]:
     """Give the replicas the builder's OTEL_* variables (``telemetry.forward_otel_env``): Ray workers
-    otherwise see only the env of whoever started the cluster."""
+    otherwise see only the env of whoever started the cluster.
+
+    Credentials (exporter headers) stay out: Ray shows runtime_env on its dashboard and in its logs.
+    Replicas get them from the environment they inherit, or read ``telemetry.otlp_headers_file``,
+    whose path is forwarded here.
+    """
     env = forwarded_env(os.environ) if settings.telemetry.forward_otel_env else {}
+    if settings.telemetry.otlp_headers_file is not None:
+        env[HEADERS_FILE_ENV] = str(Path(settings.telemetry.otlp_headers_file).resolve())
+    elif kept := sorted(k for k, v in os.environ.items() if k.startswith("OTEL_") and withheld(k, v)):
+        log.info(
+            "not in runtime_env (credentials): %s; replicas read them from the environment of whoever "
+            "started the Ray cluster, or set telemetry.otlp_headers_file",
+            ", ".join(kept),
+        )
     if env:
         runtime_env = options.setdefault("ray_actor_options", {}).setdefault("runtime_env", {})
         runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}
@@ -49,7 +63,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     settings = resolve(XzSettings(**(args or {})))
     nlu_options = with_otel_env(settings.nlu.serve_options(settings.batch.max_batch_size), settings)
     nlu_options["user_config"] = settings.batch.model_dump()
-    log.info("%s topology; nlu deployment options: %s", settings.topology, nlu_options)
+    log.info("%s topology; nlu deployment options: %s", settings.topology, redact(nlu_options))
     if settings.topology == "fused":
         fused = serve.deployment(FusedServer).options(name="xz", health_check_period_s=10, **nlu_options)
         return fused.bind(settings)

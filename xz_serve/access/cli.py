@@ -2,6 +2,7 @@
 
 The store URL comes from ``--redis-url`` or ``XZ_STORE__REDIS_URL`` (the app reads the same env).
 ``create`` prints the plain key once; with ``--json`` every command prints one JSON document.
+The URL may carry the store's password, so messages show it redacted (``redis://:***@host``).
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from xz_serve.access.keys import DEFAULT_SCOPES, SCOPES, ApiKey, RedisKeyStore, mint
+from xz_serve.telemetry.redact import redact_url, scrub
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xz-keys", description=__doc__)
     parser.add_argument("--redis-url", default=os.environ.get("XZ_STORE__REDIS_URL"),
-                        help="durable store Redis (default: $XZ_STORE__REDIS_URL)")  # fmt: skip
+                        help="durable store Redis (default: $XZ_STORE__REDIS_URL; prefer the variable "
+                             "to the flag for a URL with a password, which a flag shows in ps)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON")
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="create a key and print it (once)")
@@ -78,6 +82,14 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         await client.aclose()
 
 
+def _password(url: str) -> str | None:
+    """The URL's password, to scrub from messages that might echo it (e.g. a parse error)."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``xz-keys``; returns the exit status (0 ok, 1 refused, 2 usage)."""
     args = _parser().parse_args(argv)
@@ -86,11 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = asyncio.run(_run(args))
-    except (ValueError, LookupError) as exc:
-        print(f"xz-keys: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, RedisError) as exc:
-        print(f"xz-keys: the store at {args.redis_url} is unreachable: {exc}", file=sys.stderr)
+    except (ValueError, LookupError, OSError, RedisError) as exc:
+        message = scrub(str(exc), _password(args.redis_url))
+        if not isinstance(exc, ValueError | LookupError):
+            message = f"the store at {redact_url(args.redis_url)} is unreachable: {message}"
+        print(f"xz-keys: {message}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result))

@@ -18,4 +18,4 @@ def configure_telemetry(spec: TelemetrySpec | None = None, component: str = "") 
         return False
     if spec.json_logs and serve_tags()["application"]:  # in a replica; tests keep pytest's logging
         configure_json_logging()
-    return configure_tracing(spec.service_name, component)
+    return configure_tracing(spec.service_name, component, spec.otlp_headers_file)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -30,7 +32,16 @@ class TelemetrySpec(BaseModel):
         default=True,
         description="Copy the OTEL_* variables of the process that builds the app into every "
         "replica's runtime_env, so `OTEL_... serve run` configures replicas on an already running "
-        "cluster too (Ray workers otherwise inherit the env of whoever started the cluster).",
+        "cluster too (Ray workers otherwise inherit the env of whoever started the cluster). "
+        "Exporter headers (OTEL_EXPORTER_OTLP_*HEADERS) and URLs with a password are never copied: "
+        "the Ray dashboard shows runtime_env; see `otlp_headers_file`.",
+    )
+    otlp_headers_file: Path | None = Field(
+        default=None,
+        description="A file holding the OTLP exporter headers in OTEL_EXPORTER_OTLP_HEADERS's format "
+        "(`authorization=Bearer%20...`), read by each replica at start and used instead of that "
+        "variable; it must exist on every node (e.g. a mounted Secret). None: replicas use the "
+        "variable from their own environment, inherited from whoever started the Ray cluster.",
     )
     json_logs: bool = Field(
         default=True,
