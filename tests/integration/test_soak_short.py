@@ -42,8 +42,14 @@ def test_a_short_soak_keeps_memory_latency_and_fds_flat(tmp_path: Path) -> None:
     assert "recovered_s" in kill, record["faults"]  # Serve replaced the killed replica
     assert any("redis" in f["fault"] for f in record["faults"]), record["faults"]
 
-    refused = sum(n for status, n in record["soak"]["statuses"].items() if status.startswith("4"))
-    assert refused <= 0.01 * record["soak"]["requests"], record["soak"]["statuses"]  # the mix is valid
+    statuses = record["soak"]["statuses"]
+    # 409 session_busy is the documented answer to overlapping turns of one session: wrk gives up
+    # on a turn slower than its timeout and sends the next on the same session while the first
+    # still holds the lock, which a loaded node makes common. Bounded, but apart from bad input.
+    busy = statuses.get("409", 0)
+    refused = sum(n for status, n in statuses.items() if status.startswith("4")) - busy
+    assert refused <= 0.01 * record["soak"]["requests"], statuses  # the mix is valid
+    assert busy <= 0.05 * record["soak"]["requests"], statuses
     assert record["http_5xx"]["app"] == 0, record["http_5xx"]
     # Proxy-level cuts only where the replica died (its in-flight requests).
     assert record["http_5xx"]["outside_fault_windows"] == 0, record["http_5xx"]
