@@ -118,7 +118,7 @@ class ChatRequest(BaseModel):
 
     message: str = Field(description="What the user said.", examples=["how do I jump start my car"])
     session_id: str | None = Field(
-        None, description="Continue this session; omit to start one (its id is in the response)."
+        None, description="The id of the session to continue; omit to start one (its id is in the response)."
     )
     stream: bool = Field(False, description="Reply as Server-Sent Events (`text/event-stream`).")
 
