@@ -54,6 +54,20 @@ def test_env_fills_what_args_leave_out(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.api.max_texts == 9  # YAML args win over env
 
 
+def test_the_environment_picks_the_model_and_policy_of_a_local_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's path to serving your own intents: the same local.yaml, another artifacts dir and
+    # policy from the environment. Args would win over env, so local.yaml must leave these out.
+    local = next(p for p in CONFIGS if p.name == "local.yaml")
+    args = yaml.safe_load(local.read_text())["applications"][0]["args"]
+    monkeypatch.setenv("XZ_MODEL__ARTIFACTS_DIR", "artifacts/hwu64")
+    monkeypatch.setenv("XZ_DIALOG__POLICY_PATH", "deployments/dialog/policy_hwu64.yaml")
+    settings = XzSettings(**args)
+    assert settings.model.artifacts_dir == Path("artifacts/hwu64")
+    assert settings.dialog.policy_path.name == "policy_hwu64.yaml" and settings.dialog.policy_path.exists()
+    # The rest of args still apply.
+    assert settings.model.intra_op_threads == args["model"]["intra_op_threads"]
+
+
 def test_model_replica_scaling_target_defaults_to_one_batch() -> None:
     from xz_serve.app import build_app  # noqa: F401 - the builder must import without Ray running
 

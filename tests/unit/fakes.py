@@ -6,7 +6,7 @@ from typing import Any
 
 from xz_serve.kernel.types import BatchStats, CallMeta, PredictResult
 from xz_serve.models.fake import FakeModel
-from xz_serve.models.postprocess import label_outputs
+from xz_serve.models.postprocess import label_outputs, oos_cut
 
 
 class FakeNluClient:
@@ -23,4 +23,10 @@ class FakeNluClient:
         return PredictResult(predictions, BatchStats(0.1, 1.0, len(texts), 1), self.model.model_id)
 
     async def describe(self) -> dict[str, Any]:
-        return {"model_id": self.model.model_id}
+        labels = self.model.labels
+        return {
+            "model_id": self.model.model_id,
+            "intents": list(labels.intents),
+            "sentiments": list(labels.sentiments),
+            "oos_threshold": oos_cut(labels),
+        }

@@ -9,7 +9,7 @@ import numpy as np
 
 from xz_serve.kernel.types import TextPrediction
 
-MAGIC = b"XZ\x01"  # format version 1; a value in another format decodes as a miss, never garbage
+MAGIC = b"XZ\x02"  # format version 2; a value in another format decodes as a miss, never garbage
 _HEADER_LEN = struct.Struct("<I")
 _FLOAT32 = np.dtype("<f4")
 
@@ -31,6 +31,7 @@ def encode_prediction(pred: TextPrediction) -> bytes:
             "s": pred.sentiment,
             "t": pred.tokens,
             "o": pred.out_of_scope,
+            "q": pred.oos_score,
             "d": int(vector.shape[0]),
         },
         separators=(",", ":"),
@@ -62,6 +63,7 @@ def decode_prediction(data: bytes) -> TextPrediction:
             embedding=embedding.astype(np.float32),  # native order, writable, owns its memory
             tokens=int(header["t"]),
             out_of_scope=bool(header["o"]),
+            oos_score=float(header["q"]),
         )
     except CodecError:
         raise

@@ -19,7 +19,7 @@ def meta_router(client: NluClient) -> APIRouter:
 
     @router.get("/v1/models", response_model=schemas.ModelList)
     async def models() -> dict[str, Any]:
-        """The served model, its revision and tasks."""
+        """The served model, its revision, tasks, intent labels and out-of-scope cut."""
         info = await client.describe()
         card = {
             "id": info["model_id"],
@@ -27,6 +27,8 @@ def meta_router(client: NluClient) -> APIRouter:
             "created": int(info.get("created", 0)),
             "owned_by": "xz_serve",
             "tasks": ["intent", "sentiment", "embeddings"],
+            "intents": info["intents"],
+            "oos_threshold": info["oos_threshold"],
         }
         return {"object": "list", "data": [card]}
 

@@ -55,7 +55,7 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
 
     @router.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
     async def analyze(request: schemas.TextsRequest, ctx: Ctx) -> Response:
-        """Intent, sentiment and out-of-scope flag per text, from one encoder pass."""
+        """Intent, sentiment, out-of-scope flag and score per text, from one encoder pass."""
         result, top_k, started = await run(request, ctx)
         results = [
             {
@@ -63,6 +63,7 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
                 "intent": intent_json(p, top_k, oos := p.out_of_scope_at(api.oos_threshold)),
                 "sentiment": sentiment_json(p.sentiment),
                 "out_of_scope": oos,
+                "oos_score": round(p.oos_score, 6),
             }
             for i, p in enumerate(result.predictions)
         ]
@@ -70,11 +71,11 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
 
     @router.post("/v1/intent", response_model=schemas.AnalyzeResponse, tags=["nlu"])
     async def intent(request: schemas.TextsRequest, ctx: Ctx) -> Response:
-        """Intent and out-of-scope flag per text."""
+        """Intent, out-of-scope flag and score per text."""
         result, top_k, started = await run(request, ctx)
         results = [
             {"index": i, "intent": intent_json(p, top_k, oos := p.out_of_scope_at(api.oos_threshold)),
-             "out_of_scope": oos}
+             "out_of_scope": oos, "oos_score": round(p.oos_score, 6)}
             for i, p in enumerate(result.predictions)
         ]  # fmt: skip
         return answer({"model": result.model_id, "results": results}, result, started)

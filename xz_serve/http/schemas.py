@@ -48,6 +48,14 @@ class AnalysisResult(_Wire):
     out_of_scope: bool | None = Field(
         None, description="True when the assistant should not act on the intent."
     )
+    oos_score: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Out-of-scope score from the same encoder pass: higher means less like any known "
+        "intent. `out_of_scope` applies the model's calibrated cut (`oos_threshold` in `/v1/models`); "
+        "a caller may apply its own.",
+    )
 
 
 class AnalyzeResponse(_Wire):
@@ -89,6 +97,10 @@ class ModelCard(_Wire):
     created: int
     owned_by: str
     tasks: list[str]
+    intents: list[str] = Field(description="The intent labels this model can return.")
+    oos_threshold: float = Field(
+        description="The calibrated cut on `oos_score`: at or above it a text is out of scope."
+    )
 
 
 class ModelList(_Wire):

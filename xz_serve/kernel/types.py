@@ -20,6 +20,7 @@ class TextPrediction:
     embedding: np.ndarray  # [dim] float32, L2-normalised
     tokens: int  # tokens the encoder saw (for usage accounting)
     out_of_scope: bool  # top intent is `oos`, or its confidence is under the calibrated threshold
+    oos_score: float  # in [0, 1], higher = less like any known intent; callers may pick their own cut
 
     def out_of_scope_at(self, floor: float) -> bool:
         """Out of scope as the model decided, or with a top confidence under the caller's ``floor``.

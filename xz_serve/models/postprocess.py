@@ -15,13 +15,16 @@ def label_outputs(
 
     Out of scope is the detector's call where the build fitted one (scored from this same pass's
     embeddings and probabilities); otherwise the ``oos`` label winning or a top confidence under
-    ``labels.oos_threshold``.
+    ``labels.oos_threshold``. Every text also carries its out-of-scope score, so a caller can apply
+    a cut of its own: the detector's score, or without one, one minus the top in-scope probability.
     """
     k = min(top_k, len(labels.intents))
     top = np.argsort(-outputs.intent_probs, axis=-1)[:, :k]
     flagged = None
     if labels.detector is not None:
-        _, flagged = labels.detector.flags(outputs.embeddings, outputs.intent_probs)
+        scores, flagged = labels.detector.flags(outputs.embeddings, outputs.intent_probs)
+    else:
+        scores = 1.0 - in_scope_confidence(outputs.intent_probs, labels)
     predictions = []
     for row, indices in enumerate(top):
         probs = outputs.intent_probs[row]
@@ -38,6 +41,21 @@ def label_outputs(
                 out_of_scope=bool(flagged[row])
                 if flagged is not None
                 else best == labels.oos or float(probs[indices[0]]) < labels.oos_threshold,
+                oos_score=float(scores[row]),
             )
         )
     return predictions
+
+
+def in_scope_confidence(intent_probs: np.ndarray, labels: Labels) -> np.ndarray:
+    """The highest probability among the in-scope intents, per row (the ``oos`` column left out)."""
+    columns = [i for i, name in enumerate(labels.intents) if name != labels.oos]
+    return np.asarray(intent_probs[:, columns].max(axis=1), dtype=np.float64)
+
+
+def oos_cut(labels: Labels) -> float:
+    """The cut on ``oos_score`` this model applies: the detector's threshold, or without one the
+    score at which the top in-scope probability falls under ``labels.oos_threshold``."""
+    if labels.detector is not None:
+        return float(labels.detector.threshold)
+    return 1.0 - labels.oos_threshold

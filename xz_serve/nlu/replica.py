@@ -17,7 +17,7 @@ from ray import serve
 from xz_serve.kernel.errors import DeadlineExceededError, ModelFailureError, OverloadedError
 from xz_serve.kernel.types import MAX_TOP_K, BatchStats, CallMeta, PredictResult, TextPrediction
 from xz_serve.models.base import NluModel
-from xz_serve.models.postprocess import label_outputs
+from xz_serve.models.postprocess import label_outputs, oos_cut
 from xz_serve.models.spec import ModelSpec
 from xz_serve.nlu.spec import BatchSpec
 from xz_serve.telemetry import configure_telemetry
@@ -134,6 +134,7 @@ class NluReplica:
             "model_id": self.model.model_id,
             "intents": list(self.model.labels.intents),
             "sentiments": list(self.model.labels.sentiments),
+            "oos_threshold": oos_cut(self.model.labels),
             "embedding_dim": int(self._reference.shape[0]),
         }
 

@@ -18,6 +18,7 @@ def prediction(dim: int = 384) -> TextPrediction:
         embedding=vector / np.linalg.norm(vector),
         tokens=17,
         out_of_scope=False,
+        oos_score=0.123456789012345,
     )
 
 
@@ -27,6 +28,7 @@ def test_round_trip_is_exact() -> None:
     assert back.intents == pred.intents
     assert back.sentiment == pred.sentiment
     assert back.tokens == pred.tokens and back.out_of_scope is pred.out_of_scope
+    assert back.oos_score == pred.oos_score
     assert back.embedding.dtype == np.float32 and back.embedding.flags.writeable
     assert back.embedding.tobytes() == pred.embedding.tobytes()
 
@@ -37,7 +39,7 @@ def test_compact() -> None:
 
 
 def test_unicode_labels_and_oos() -> None:
-    pred = TextPrediction([("café", 1.0)], {"😀": 1.0}, np.zeros(3, np.float32), 0, True)
+    pred = TextPrediction([("café", 1.0)], {"😀": 1.0}, np.zeros(3, np.float32), 0, True, 0.9)
     back = decode_prediction(encode_prediction(pred))
     assert back.intents == [("café", 1.0)] and back.sentiment == {"😀": 1.0} and back.out_of_scope
 
@@ -49,3 +51,11 @@ def test_truncated_or_foreign_bytes_raise(cut: int) -> None:
         decode_prediction(data[:cut])
     with pytest.raises(CodecError):
         decode_prediction(b"not a prediction at all")
+
+
+def test_a_value_of_the_previous_format_is_refused() -> None:
+    # Values written before the out-of-scope score was stored must read as misses, not as a
+    # prediction with a made-up score.
+    data = encode_prediction(prediction())
+    with pytest.raises(CodecError):
+        decode_prediction(b"XZ\x01" + data[3:])

@@ -54,6 +54,7 @@ class ScriptedNlu:
                     embedding=self.embedding(text),
                     tokens=len(text.split()),
                     out_of_scope=said.intent == "oos",
+                    oos_score=1 - said.confidence if said.intent != "oos" else said.confidence,
                 )
             )
         return PredictResult(predictions, BatchStats(0.0, 1.0, len(texts), 1), MODEL_ID)

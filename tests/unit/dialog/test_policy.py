@@ -10,11 +10,13 @@ import pytest
 from tests.conftest import ROOT
 from xz_serve.dialog.policy import PolicyError, load_policy
 
-CLINC = {
-    json.loads(line)["label"]
-    for line in (ROOT.parent / "shared" / "data" / "intent_clinc150" / "train.jsonl").read_text().splitlines()
-    if line.strip()
-}
+
+def labels_of(data_set: str) -> set[str]:
+    path = ROOT.parent / "shared" / "data" / data_set / "train.jsonl"
+    return {json.loads(line)["label"] for line in path.read_text().splitlines() if line.strip()}
+
+
+CLINC = labels_of("intent_clinc150")
 BASE = """
 version: 1
 fallback: sorry
@@ -40,6 +42,15 @@ def test_shipped_policy_is_valid_for_the_model_labels() -> None:
         assert not rule.cacheable and (rule.personal or rule.time_sensitive), intent
     assert policy.rule_for("book_flight") == policy.default  # unlisted intents follow the default
     assert set(policy.intents) <= CLINC
+
+
+def test_the_hwu64_example_policy_is_valid_for_its_labels_and_not_for_clinc() -> None:
+    path = ROOT / "deployments" / "dialog" / "policy_hwu64.yaml"
+    policy = load_policy(path, labels_of("intent_hwu64"))
+    assert policy.rule_for("alarm_set").action == "template"
+    assert policy.rule_for("qa_stock") == policy.default
+    with pytest.raises(PolicyError, match="iot_hue_lighton"):
+        load_policy(path, CLINC)  # written for another model: refused at start, not at the first turn
 
 
 def test_unknown_intent_is_a_start_up_error(tmp_path: Path) -> None:

@@ -49,6 +49,18 @@ async def test_analyze_one_text(client: httpx.AsyncClient, fake: FakeNluClient) 
         assert header in response.headers
 
 
+@pytest.mark.parametrize("route", ["/v1/analyze", "/v1/intent"])
+async def test_each_text_carries_its_out_of_scope_score(
+    client: httpx.AsyncClient, fake: FakeNluClient, route: str
+) -> None:
+    texts = ["what is my balance", "hello there", "zzz qqq"]
+    results = (await client.post(route, json={"texts": texts})).json()["results"]
+    probs = fake.model.predict(texts).intent_probs
+    in_scope = [i for i, name in enumerate(fake.model.labels.intents) if name != "oos"]
+    expected = 1.0 - probs[:, in_scope].max(axis=1)  # no detector: one minus the top in-scope probability
+    assert [r["oos_score"] for r in results] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
 async def test_analyze_many_texts_keeps_order_and_one_call(
     client: httpx.AsyncClient, fake: FakeNluClient
 ) -> None:
@@ -168,6 +180,8 @@ async def test_health_models_and_openapi(client: httpx.AsyncClient) -> None:
     assert (await client.get("/readyz")).json()["status"] == "ready"
     models = (await client.get("/v1/models")).json()
     assert models["data"][0]["id"] == "fake@0"
+    assert models["data"][0]["intents"] == ["balance", "greeting", "oos", "transfer"]
+    assert models["data"][0]["oos_threshold"] == 1.0  # the fake has no detector and no confidence floor
     paths = (await client.get("/openapi.json")).json()["paths"]
     for route in ("/v1/analyze", "/v1/intent", "/v1/sentiment", "/v1/embeddings", "/v1/models",
                   "/healthz", "/readyz"):

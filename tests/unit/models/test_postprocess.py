@@ -9,7 +9,7 @@ import pytest
 
 from xz_serve.models.base import Labels, NluOutputs
 from xz_serve.models.detector import OosDetector
-from xz_serve.models.postprocess import label_outputs
+from xz_serve.models.postprocess import label_outputs, oos_cut
 
 LABELS = Labels(
     intents=("balance", "greeting", "oos", "transfer"),
@@ -80,3 +80,15 @@ def test_with_a_detector_its_flags_decide_and_the_confidence_floor_is_not_used()
     out = NluOutputs(emb, probs, np.tile([[0.2, 0.3, 0.5]], (3, 1)), token_counts=[1, 1, 1])
     preds = label_outputs(out, labels, [1, 1, 1], top_k=1)
     assert [p.out_of_scope for p in preds] == [False, True, True]  # 0.4 < oos_threshold 0.5 no longer flags
+    assert preds[0].oos_score < 1e-6 and preds[1].oos_score == pytest.approx(2 / 3, rel=1e-6)
+    assert oos_cut(labels) == 0.6  # the detector's threshold is the cut the flags applied
+
+
+def test_without_a_detector_the_score_is_one_minus_the_top_in_scope_probability() -> None:
+    # The `oos` column is not an in-scope intent: its winning the argmax does not lower the score.
+    out = outputs([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.6, 0.2], [0.3, 0.3, 0.1, 0.3]])
+    preds = label_outputs(out, LABELS, [1, 1, 1], top_k=1)
+    assert [p.oos_score for p in preds] == pytest.approx([0.3, 0.8, 0.7])
+    assert oos_cut(LABELS) == 0.5
+    # The flag applies the same cut: a score above it is out of scope, one below it is not.
+    assert [p.out_of_scope for p in preds] == [False, True, True]
