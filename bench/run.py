@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 from results_md import command_line, write_markdown  # bench/ is sys.path[0]
+from rss import PeakRss
 from texts import BENCH_DIR, LUA_TEXTS, REPO_ROOT, load_texts, write_lua
 
 WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
@@ -106,12 +107,14 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def start_server(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` from the repo root in a new session (its own process group), output to a file."""
-    log(f"starting: {shlex.join(cmd)} (log: {log_path})")
+def start_server(
+    cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO_ROOT
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in ``cwd`` in a new session (its own process group), output to a file."""
+    log(f"starting: {shlex.join(cmd)} in {cwd} (log: {log_path})")
     out = log_path.open("wb")
     return subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )
 
 
@@ -175,7 +178,7 @@ def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None)
                 last = f"HTTP {r.status_code}: {r.text[:200]}"
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
-            time.sleep(1.0)
+            time.sleep(0.25)
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s ({last})")
 
 
@@ -198,13 +201,16 @@ def tail(path: Path, lines: int = 30) -> str:
 # ----------------------------------------------------------------------------- load
 
 
-def run_wrk(url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
-    """One wrk run; returns the JSON line wrk_post.lua prints from done(), plus derived ok_rps."""
+def run_wrk(
+    url: str, concurrency: int, duration_s: float, path: str = "/v1/analyze", texts: Path = LUA_TEXTS
+) -> dict[str, Any]:
+    """One wrk run POSTing ``texts``' bodies to ``path``; returns the JSON line wrk_post.lua prints
+    from done(), plus derived ok_rps."""
     cmd = [
         "wrk", "-t1", f"-c{concurrency}", f"-d{duration_s:g}s", "--latency", "--timeout", "10s",
         "-s", str(WRK_SCRIPT), url,
     ]  # fmt: skip
-    env = {**os.environ, "WRK_TEXTS": str(LUA_TEXTS)}
+    env = {**os.environ, "WRK_TEXTS": str(texts), "WRK_PATH": path}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration_s + 60, check=False)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if line is None:
@@ -216,15 +222,23 @@ def run_wrk(url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
     return data
 
 
-def sweep(name: str, url: str, levels: list[int], duration_s: float, warmup_s: float) -> list[dict[str, Any]]:
+def sweep(
+    name: str,
+    url: str,
+    levels: list[int],
+    duration_s: float,
+    warmup_s: float,
+    path: str = "/v1/analyze",
+    texts: Path = LUA_TEXTS,
+) -> list[dict[str, Any]]:
     """Warm up at the highest concurrency (discarded), then one wrk run per level, lowest first."""
     if warmup_s > 0:
         log(f"{name}: warm-up {warmup_s:g}s at c={max(levels)}")
-        run_wrk(url, max(levels), warmup_s)
+        run_wrk(url, max(levels), warmup_s, path, texts)
     results = []
     for c in levels:
         time.sleep(1.0)  # let queues from the previous level drain
-        r = run_wrk(url, c, duration_s)
+        r = run_wrk(url, c, duration_s, path, texts)
         lat = r["latency_ms"]
         log(
             f"{name}: c={c} {r['rps']:.1f} req/s p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms "
@@ -262,31 +276,102 @@ def bench_server(
     env: dict[str, str],
     args: argparse.Namespace,
     log_dir: Path,
+    *,
+    cwd: Path = REPO_ROOT,
+    load_path: str = "/v1/analyze",
+    texts: Path = LUA_TEXTS,
 ) -> dict[str, Any]:
-    """Start (unless ``cmd`` is None), wait for readiness, sweep, stop; errors land in the result."""
+    """Start (unless ``cmd`` is None), wait for readiness, sweep, stop; errors land in the result.
+
+    ``ready_s`` counts from the start command to the first 200 of ``ready_path`` (polled every
+    0.25 s); ``peak_rss_mb`` is the largest summed RSS of the server's processes while it ran.
+    """
     out: dict[str, Any] = {"url": url, "command": shlex.join(cmd) if cmd else None, "levels": []}
     log_path = log_dir / f"{name}.log"
     proc = None
+    rss: PeakRss | None = None
     try:
+        t0 = time.monotonic()
         if cmd is not None:
             if port_in_use(url):
                 raise RuntimeError(f"{url} is already in use; stop that server or pass its URL to bench it")
-            proc = start_server(cmd, env, log_path)
-        t0 = time.monotonic()
+            proc = start_server(cmd, env, log_path, cwd)
+            rss = PeakRss(lambda: _alive(family(proc.pid)) if proc is not None else set()).start()
         out["ready"] = wait_ready(url + ready_path, args.ready_timeout, proc)
         out["ready_s"] = round(time.monotonic() - t0, 1)
         log(f"{name}: ready in {out['ready_s']} s: {out['ready']}")
-        out["levels"] = sweep(name, url, args.levels, args.duration, args.warmup)
+        out["levels"] = sweep(name, url, args.levels, args.duration, args.warmup, load_path, texts)
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
         out["log_tail"] = tail(log_path)
         log(f"{name}: FAILED: {out['error']}\n{out['log_tail']}")
     finally:
+        if rss is not None:
+            rss.stop()
+            out["peak_rss_mb"] = rss.peak_mb
+            out["processes_at_peak_rss"] = rss.processes_at_peak
+            log(f"{name}: peak RSS {rss.peak_mb} MB over {rss.processes_at_peak} processes")
         if proc is not None:
             left = stop_server(proc, args.stop_grace, args.ray_stop_fallback)
             out["leftover_pids"] = left
             if left:
                 log(f"{name}: WARNING processes left: {left}")
+    return out
+
+
+def xz_env(args: argparse.Namespace, topology: str) -> dict[str, str]:
+    """The extra environment xz_serve is started with: the env file, DEFAULT_XZ_ENV, --xz-env."""
+    extra: dict[str, str] = {}
+    if str(args.xz_env_file) not in ("", ".") and args.xz_env_file.exists():
+        extra.update(env_file(args.xz_env_file))
+    for item in [*DEFAULT_XZ_ENV, *(args.xz_env or [])]:
+        key, _, value = item.partition("=")
+        extra[key] = value
+    extra["XZ_TOPOLOGY"] = topology  # XzSettings.topology; the YAML leaves it to env
+    return extra
+
+
+def bench_peers(args: argparse.Namespace, log_dir: Path, venv_path: str) -> dict[str, Any]:
+    """xz_serve's /v1/embeddings (fused) against Infinity's /embeddings on each engine: the same
+    texts, one per request, the same wrk sweep, the same model weights."""
+    import peer_infinity
+
+    texts = load_texts()
+    xz_bodies = peer_infinity.embedding_bodies(texts, log_dir / "embed_xz.lua", None)
+    peer_bodies = peer_infinity.embedding_bodies(
+        texts, log_dir / "embed_infinity.lua", peer_infinity.SERVED_NAME
+    )
+    out: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "systems": {}}
+    env = {**os.environ, "PATH": venv_path, **(xz_env(args, "fused") if args.xz_url is None else {})}
+    cmd = None if args.xz_url else shlex.split(args.xz_cmd)
+    res = bench_server(
+        "xz_serve_fused_embeddings", cmd, (args.xz_url or DEFAULT_XZ_URL).rstrip("/"), "/readyz", env,
+        args, log_dir, load_path="/v1/embeddings", texts=xz_bodies,
+    )  # fmt: skip
+    res["engine"] = str(res.get("ready", {}).get("detail", "xz_serve"))  # the model id names the runtime
+    out["systems"]["xz_serve_fused"] = res
+    for engine in args.peer_engines:
+        name = f"infinity_{engine}"
+        port = free_port()
+        try:
+            peer = peer_infinity.command(engine, port, args.peer_batch_size, log_dir / f"hf-{engine}")
+        except Exception as exc:  # the venv or the ONNX export could not be made
+            out["systems"][name] = {"error": f"{type(exc).__name__}: {exc}", "levels": [], "engine": engine}
+            log(f"{name}: FAILED before start: {exc}")
+            continue
+        res = bench_server(
+            name, peer.cmd, f"http://127.0.0.1:{port}", "/health", peer.env, args, log_dir,
+            cwd=peer.cwd, load_path="/embeddings", texts=peer_bodies,
+        )  # fmt: skip
+        res["engine"] = engine
+        out["systems"][name] = res
+    best = {
+        name: max((r["ok_rps"] for r in res["levels"]), default=None) for name, res in out["systems"].items()
+    }
+    xz_best = best.get("xz_serve_fused")
+    out["xz_best_rps_over_peer_best"] = {
+        name: _ratio(xz_best, value) for name, value in best.items() if name != "xz_serve_fused"
+    }
     return out
 
 
@@ -375,7 +460,39 @@ def markdown(result: dict[str, Any]) -> str:
     weights = result["systems"].get("baseline", {}).get("ready", {}).get("weights")
     if weights:
         lines += ["", f"Baseline weights: {json.dumps(weights)}"]
+    if result.get("peers"):
+        lines += ["", *peers_markdown(result["peers"])]
     return "\n".join(lines) + "\n"
+
+
+def peers_markdown(peers: dict[str, Any]) -> list[str]:
+    """The peer comparison: one row per system and concurrency, with start-up time and peak RSS."""
+    lines = [
+        f"## Embeddings peer: xz_serve /v1/embeddings against Infinity /embeddings ({peers['started']})",
+        "",
+        "Same texts (one per request), same wrk sweep, same all-MiniLM-L6-v2 weights; ready = start "
+        "command to first 200 of the readiness route; peak RSS = largest sum over the server's processes.",
+        "",
+        "| system | ready s | peak RSS MB | conc | ok req/s | P50 ms | P99 ms | non-2xx | socket errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in peers["systems"].items():
+        head = f"| {name} | {res.get('ready_s', '-')} | {res.get('peak_rss_mb', '-')} |"
+        if "error" in res:
+            lines.append(f"{head} - | FAILED: {res['error'][:160]} | | | | |")
+        for r in res["levels"]:
+            e = r["errors"]
+            sock = e["connect"] + e["read"] + e["write"] + e["timeout"]
+            lat = r["latency_ms"]
+            lines.append(
+                f"{head} {r['concurrency']} | {r['ok_rps']:.1f} | {lat['p50']:.2f} | {lat['p99']:.2f} | "
+                f"{r['non2xx']} | {sock} |"
+            )
+    lines += [
+        "",
+        f"xz_serve best ok req/s over each peer's best: {json.dumps(peers['xz_best_rps_over_peer_best'])}",
+    ]
+    return lines
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -421,23 +538,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run `ray stop --force` if xz_serve processes survive SIGKILL (kills ALL Ray processes)",
     )
-    p.add_argument("--skip", default="", help="comma-separated subset of raw,baseline,xz to skip")
+    p.add_argument("--skip", default="", help="comma-separated subset of raw,baseline,xz,peers to skip")
     p.add_argument(
-        "--topologies", default="split,fused", help="XzSettings.topology values to bench as (c)"
+        "--only-peers",
+        action="store_true",
+        help="run only the embeddings peer comparison; the other rows of --out are kept as they are",
     )
+    p.add_argument(
+        "--peer-engines", default="torch,optimum", help="Infinity engines to bench (bench/peer_infinity.py)"
+    )
+    p.add_argument(
+        "--peer-batch-size", type=int, default=32, help="Infinity's --batch-size (xz: batch.max_batch_size)"
+    )
+    p.add_argument("--topologies", default="split,fused", help="XzSettings.topology values to bench as (c)")
     args = p.parse_args(argv)
     args.levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     args.topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    args.peer_engines = [e.strip() for e in args.peer_engines.split(",") if e.strip()]
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run (a), (b), (c) in order, write JSON + Markdown, print the table; exit 1 if anything failed."""
+    """Run (a), (b), (c) and the peers in order, write JSON + Markdown, print the table; exit 1 if
+    anything failed. ``--only-peers`` runs the peers alone and keeps the rest of ``--out``."""
     args = parse_args(argv)
     write_lua(load_texts())  # deterministic; rewritten so the bodies always match texts.py
     log_dir = Path(tempfile.mkdtemp(prefix="xz_bench_"))
     venv_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    if args.only_peers:
+        return main_peers(args, argv, log_dir, venv_path)
     result: dict[str, Any] = {
         "meta": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -462,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw": None,
         "systems": {},
     }
+    result["meta"]["command"] = command_line("python bench/run.py", argv)
 
     if "raw" not in args.skip:
         try:
@@ -485,15 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     for topology in [] if "xz" in args.skip else topologies:
         name = "xz_serve" if topology in (None, "split") else f"xz_serve_{topology}"
         env = {**os.environ, "PATH": venv_path}
-        extra: dict[str, str] = {}
-        if args.xz_url is None:
-            if str(args.xz_env_file) not in ("", ".") and args.xz_env_file.exists():
-                extra.update(env_file(args.xz_env_file))
-            for item in [*DEFAULT_XZ_ENV, *(args.xz_env or [])]:
-                key, _, value = item.partition("=")
-                extra[key] = value
-            extra["XZ_TOPOLOGY"] = str(topology)  # XzSettings.topology; the YAML leaves it to env
-            env.update(extra)
+        extra = xz_env(args, str(topology)) if args.xz_url is None else {}
+        env.update(extra)
         cmd = None if args.xz_url else shlex.split(args.xz_cmd)
         res = bench_server(
             name, cmd, (args.xz_url or DEFAULT_XZ_URL).rstrip("/"), "/readyz", env, args, log_dir
@@ -507,14 +631,42 @@ def main(argv: list[str] | None = None) -> int:
         for name, res in result["systems"].items()
         if name.startswith("xz_serve") and "levels" in res
     }
+    if "peers" not in args.skip:
+        result["peers"] = bench_peers(args, log_dir, venv_path)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    command = command_line("python bench/run.py", argv)
-    md = write_markdown(args.out.with_suffix(".md"), markdown(result), command, "; about 5 minutes")
+    md = write_markdown(
+        args.out.with_suffix(".md"), markdown(result), result["meta"]["command"], "; about 10 minutes"
+    )
     print(md)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
-    failed = (result["raw"] or {}).get("error") or any("error" in s for s in result["systems"].values())
+    failed = (result["raw"] or {}).get("error") or any(
+        "error" in s
+        for s in [*result["systems"].values(), *result.get("peers", {}).get("systems", {}).values()]
+    )
     return 1 if failed else 0
+
+
+def main_peers(args: argparse.Namespace, argv: list[str] | None, log_dir: Path, venv_path: str) -> int:
+    """The peer comparison alone, written into ``--out`` beside the rows already there."""
+    result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result.setdefault("meta", {"started": "-", "cpus": os.cpu_count()})
+    result.setdefault("raw", None)
+    result.setdefault("systems", {})
+    result.setdefault("ratios", {})
+    peers = bench_peers(args, log_dir, venv_path)
+    peers["command"] = command_line("python bench/run.py", argv)
+    peers["logs"] = str(log_dir)
+    result["peers"] = peers
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    full = result["meta"].get("command", "python bench/run.py")
+    md = write_markdown(
+        args.out.with_suffix(".md"), markdown(result), full, f"; the peer rows: `{peers['command']}`"
+    )
+    print(md)
+    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 1 if any("error" in s for s in peers["systems"].values()) else 0
 
 
 if __name__ == "__main__":

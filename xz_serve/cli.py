@@ -9,7 +9,8 @@ from pathlib import Path
 
 def build_main(argv: list[str] | None = None) -> None:
     """``xz-build [--force] [--intent-data DIR] [--sentiment-data DIR] [--artifacts-dir DIR]
-    [--data-dir DIR]``: check the data, train, export, quantize, calibrate, report.
+    [--data-dir DIR]``: check the data, train, export, quantize, calibrate, report, and choose the
+    inference runtime for this machine.
 
     A data folder holds train.jsonl and optionally val.jsonl, one {"text", "label"} a line. Reruns
     only when an input changed; ``XZ_MODEL__*`` variables apply as they do for the service. Bad
@@ -35,11 +36,21 @@ def build_main(argv: list[str] | None = None) -> None:
         "intent_data": args.intent_data,
         "sentiment_data": args.sentiment_data,
     }
+    spec = spec.model_copy(update={k: v for k, v in updates.items() if v})
     try:
-        build_and_report(spec.model_copy(update={k: v for k, v in updates.items() if v}), force=args.force)
+        build_and_report(spec, force=args.force)
     except DataError as err:
         print(f"xz-build: the training data has problems; nothing was trained:\n{err}", file=sys.stderr)
         raise SystemExit(2) from None
+    # The runtime is chosen on the machine that serves, by measurement (models/loading.py); doing it
+    # here too puts the trial in the build's output and leaves its record for the replicas. It is
+    # kept apart from the build so that a new CPU or thread count never invalidates the model.
+    from xz_serve.models.loading import choose_runtime, format_entry
+
+    plan, entry = choose_runtime(spec)
+    if entry is not None:
+        print(format_entry(entry))
+    print(f"runtime: {plan.tag()} ({plan.reason})")
 
 
 def config_doc_main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from xz_serve.access.spec import AccessSpec, ApiSpec
 from xz_serve.cache.spec import CacheSpec
+from xz_serve.classifiers.spec import ClassifierSpec
 from xz_serve.dialog.spec import DialogSpec
 from xz_serve.kernel.spec import DeploymentSpec, StoreSpec
 from xz_serve.models.spec import BuildSpec, ModelSpec, Quantization
@@ -25,6 +26,7 @@ __all__ = [
     "BatchSpec",
     "BuildSpec",
     "CacheSpec",
+    "ClassifierSpec",
     "DeploymentSpec",
     "DialogSpec",
     "ModelSpec",
@@ -62,6 +64,7 @@ class XzSettings(BaseSettings):
     access: AccessSpec = Field(default_factory=AccessSpec)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     dialog: DialogSpec = Field(default_factory=DialogSpec)
+    classifiers: ClassifierSpec = Field(default_factory=ClassifierSpec)
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> XzSettings:

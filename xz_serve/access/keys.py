@@ -19,10 +19,13 @@ from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
 
-SCOPES = ("nlu", "embeddings", "chat", "admin")
+SCOPES = ("nlu", "embeddings", "chat", "classifiers", "admin")
 """What a key may call: see ``auth.ROUTE_SCOPES`` for which routes need which scope."""
-Scope = Literal["nlu", "embeddings", "chat", "admin"]
+Scope = Literal["nlu", "embeddings", "chat", "classifiers", "admin"]
 DEFAULT_SCOPES = ("nlu", "embeddings", "chat")
+"""A new key's scopes unless it names its own. Not ``classifiers``: a classifier belongs to the
+tenant, so that scope lets a key replace or delete what every other key of the tenant classifies
+with, and spend training time; it is granted on purpose, like ``admin``. Classifying needs ``nlu``."""
 
 PREFIX = "xz"
 TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"

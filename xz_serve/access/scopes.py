@@ -7,6 +7,8 @@ ROUTE_SCOPES: tuple[tuple[str, str | None], ...] = (
     ("/v1/embeddings", "embeddings"),
     ("/v1/chat", "chat"),
     ("/v1/sessions", "chat"),  # a chat's session state
+    ("/v1/classifiers", "classifiers"),  # define, read, version, delete run-time classifiers
+    ("/v1/classify", "nlu"),  # apply one: an encoder pass like /v1/intent
     ("/v1/analyze", "nlu"),
     ("/v1/intent", "nlu"),
     ("/v1/sentiment", "nlu"),
@@ -15,7 +17,7 @@ ROUTE_SCOPES: tuple[tuple[str, str | None], ...] = (
 """Path prefix -> scope a key needs, first match wins. A new /v1 route needs a line here to be
 scoped; without one it is open to every valid key (never to anonymous callers)."""
 
-METERED = ("/v1/analyze", "/v1/intent", "/v1/sentiment", "/v1/embeddings")
+METERED = ("/v1/analyze", "/v1/intent", "/v1/sentiment", "/v1/embeddings", "/v1/classify")
 """Routes that charge their request together with their texts once they know the count (one
 atomic step: a request refused for its texts uses no request budget). Every other /v1 route is
 charged one request before it runs."""

@@ -67,6 +67,14 @@ class Policy(_Strict):
     out_of_scope: Rule = Field(description="Rule for `oos` and low-confidence messages; never cacheable.")
     default: Rule = Field(description="Rule for known intents not listed under `intents`.")
     intents: dict[str, Rule] = Field(default_factory=dict, description="Rule per intent label.")
+    classifiers: dict[str, dict[str, Rule]] = Field(
+        default_factory=dict,
+        description="Rules per run-time classifier (`/v1/classifiers`) name, then label, tried in this "
+        "order before `intents` on the same embedding: the first classifier of the caller's tenant "
+        "that labels a message in scope with a listed label chooses the rule. A classifier that does "
+        "not exist (yet) is skipped: classifiers are defined at run time, so names are not checked "
+        "at start.",
+    )
 
     @field_validator("out_of_scope")
     @classmethod

@@ -32,6 +32,7 @@ from opentelemetry import trace
 from xz_serve.cache.keys import semantic_namespace
 from xz_serve.cache.semantic import SemanticCache
 from xz_serve.cache.spec import CacheSpec
+from xz_serve.classifiers.service import ClassifierService
 from xz_serve.dialog.metrics import DialogMetrics
 from xz_serve.dialog.policy import OOS, Policy, Rule, load_policy
 from xz_serve.dialog.sessions import (
@@ -93,6 +94,8 @@ class Understanding:
     sentiment_scores: dict[str, float]
     embedding: np.ndarray
     model_id: str
+    # The policy's run-time classifier that chose the rule, if one did: name, label, confidence.
+    classified: dict[str, Any] | None = None
 
 
 @dataclass
@@ -126,6 +129,7 @@ class ChatTurn:
                 "out_of_scope": self.nlu.out_of_scope,
             },
             "sentiment": sentiment_json(self.nlu.sentiment_scores),
+            **({"classifier": self.nlu.classified} if self.nlu.classified else {}),
             "policy": self.policy,
             "escalated": self.session.escalated,
             "flags": self.flags,
@@ -163,6 +167,7 @@ class DialogService:
         oos_threshold: float = 0.0,
         metrics: DialogMetrics | None = None,
         meter: TextMeter | None = None,
+        classifiers: ClassifierService | None = None,
     ) -> None:
         self.predict = predict
         self.spec = spec
@@ -173,6 +178,7 @@ class DialogService:
         self.min_confidence = max(oos_threshold, policy.min_confidence)
         self.metrics = metrics or DialogMetrics()
         self.meter = meter
+        self.classifiers = classifiers
         self._unlocking: set[asyncio.Task[None]] = set()  # locks being released in the background
 
     # -- sessions -----------------------------------------------------------------------------------
@@ -214,9 +220,19 @@ class DialogService:
         return messages
 
     async def begin(
-        self, message: str, session_id: str | None, ctx: RequestContext, *, stream: bool = False
+        self,
+        message: str,
+        session_id: str | None,
+        ctx: RequestContext,
+        *,
+        stream: bool = False,
+        start_missing: bool = False,
     ) -> ChatTurn:
-        """Understand the message, load the session, decide; a non-stream llm turn is answered here."""
+        """Understand the message, load the session, decide; a non-stream llm turn is answered here.
+
+        ``start_missing``: a ``session_id`` that does not exist (yet) starts a session under that id
+        instead of a 404; for ids the caller derives from its own stable name (``session_for_user``).
+        """
         message = message.strip()
         if not message:
             raise InvalidInputError("message must not be empty", code="empty_message")
@@ -239,13 +255,17 @@ class DialogService:
                     retry_after_s=1,
                 )
             try:
+                if session is None and start_missing:
+                    session = await self.store.get(ctx.tenant, sid)
+                    if session is None:
+                        session, new = Session.new(ctx.tenant, session_id=sid), True
                 if session is None:
                     session = await self.get_session(ctx.tenant, sid)
                 if self.meter is not None:
                     await self.meter.charge_texts(ctx, 1)  # the message, against the key's limits
                 nlu = self._understand(await self.predict([message], ctx))
                 session.record_sentiment(nlu.sentiment)
-                rule = self.policy.rule_for(nlu.intent)
+                rule = await self._rule(nlu, ctx.tenant)
                 turn = ChatTurn(
                     session, new, message, nlu, rule, "template", lock_token=token, deadline=ctx.deadline
                 )
@@ -297,6 +317,18 @@ class DialogService:
                 continue
             log.info("released the lock of session %s after a store stall", session_id)
             return
+
+    async def _rule(self, nlu: Understanding, tenant: str) -> Rule:
+        """The rule of the first policy classifier that labels the message with a label it lists
+        (in scope), else the intent's rule: the same embedding, no second encoder pass."""
+        if self.classifiers is not None:
+            for name, rules in self.policy.classifiers.items():
+                hit = await self.classifiers.route(tenant, name, nlu.embedding, nlu.model_id)
+                if hit is not None and hit.label in rules:
+                    confidence = round(hit.confidence, 6)
+                    nlu.classified = {"name": name, "label": hit.label, "confidence": confidence}
+                    return rules[hit.label]
+        return self.policy.rule_for(nlu.intent)
 
     async def _decide(self, turn: ChatTurn, ctx: RequestContext, stream: bool) -> None:
         session, rule = turn.session, turn.rule
@@ -477,6 +509,7 @@ def build_dialog(
     intents: Collection[str] | None,
     oos_threshold: float = 0.0,
     meter: TextMeter | None = None,
+    classifiers: ClassifierService | None = None,
 ) -> DialogService:
     """The service: policy validated now against the model's ``intents`` (PolicyError stops the
     start), sessions on the durable store, reply cache on the cache Redis (semantic, per intent),
@@ -500,5 +533,6 @@ def build_dialog(
         "redis" if store_guard.configured else "process memory",
     )
     return DialogService(
-        predict, spec, policy, sessions, pool, reply_cache, oos_threshold=oos_threshold, meter=meter
-    )
+        predict, spec, policy, sessions, pool, reply_cache,
+        oos_threshold=oos_threshold, meter=meter, classifiers=classifiers,
+    )  # fmt: skip

@@ -17,6 +17,7 @@ tombstone: the running turn's save is refused and the session does not come back
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 import time
@@ -34,6 +35,16 @@ from xz_serve.kernel.redis import connect
 T = TypeVar("T")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 TREND = 10  # sentiment labels kept for the trend
+
+
+def session_for_user(user: str) -> str:
+    """The session id a caller's own stable conversation name maps to (OpenAI's ``user`` field).
+
+    Hashed rather than used as is: any string is a valid name (an e-mail address, a UUID with
+    braces), the id always matches ``SESSION_ID``, and the ``u_`` prefix keeps named sessions apart
+    from random ones (``token_urlsafe`` ids are 22 characters, these 42).
+    """
+    return "u_" + hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 class StoreUnavailableError(XzError):
@@ -99,9 +110,11 @@ class Session(BaseModel):
     usage: SessionUsage = Field(default_factory=SessionUsage)
 
     @classmethod
-    def new(cls, tenant: str, now: float | None = None) -> Session:
+    def new(cls, tenant: str, now: float | None = None, *, session_id: str | None = None) -> Session:
+        """A fresh session: a random id unless the caller names one (``session_for_user``)."""
         now = time.time() if now is None else now
-        return cls(id=secrets.token_urlsafe(16), tenant=tenant, created_at=now, updated_at=now)
+        sid = secrets.token_urlsafe(16) if session_id is None else session_id
+        return cls(id=sid, tenant=tenant, created_at=now, updated_at=now)
 
     def add(self, turn: Turn, max_turns: int) -> None:
         """Append a turn, keeping the newest ``max_turns``."""

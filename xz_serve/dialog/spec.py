@@ -16,7 +16,9 @@ class DialogSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = Field(True, description="Off: /v1/chat and /v1/sessions are not mounted.")
+    enabled: bool = Field(
+        True, description="Off: /v1/chat, /v1/chat/completions and /v1/sessions are not mounted."
+    )
     policy_path: Path = Field(
         Path("deployments/dialog/policy.yaml"),
         validate_default=True,

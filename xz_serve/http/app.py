@@ -22,9 +22,11 @@ from fastapi import APIRouter, FastAPI
 from xz_serve import __version__
 from xz_serve.access.gate import AccessGate
 from xz_serve.cache.guard import cache_guard
+from xz_serve.classifiers.service import ClassifierService, build_classifiers
 from xz_serve.dialog.service import build_dialog
 from xz_serve.http.admin_routes import admin_router
 from xz_serve.http.chat_routes import chat_router
+from xz_serve.http.classifier_routes import classifier_router
 from xz_serve.http.context import context_of_scope
 from xz_serve.http.errors import install_error_handlers
 from xz_serve.http.meta_routes import meta_router
@@ -35,6 +37,7 @@ from xz_serve.http.middleware.context import ContextMiddleware
 from xz_serve.http.middleware.in_flight import CallerCapMiddleware, max_in_flight_per_key
 from xz_serve.http.middleware.telemetry import TelemetryMiddleware
 from xz_serve.http.nlu_routes import nlu_router
+from xz_serve.http.openai_chat_routes import openai_chat_router
 from xz_serve.http.openapi import document_auth
 from xz_serve.kernel.redis import RedisGuard
 from xz_serve.kernel.types import MAX_TOP_K
@@ -99,6 +102,11 @@ def create_api(client: NluClient, settings: XzSettings, *, echo_request_id: bool
     mount(app, nlu_router(nlu, api, gate))
     mount(app, meta_router(client))
     mount(app, admin_router(gate))
+    classifiers: ClassifierService | None = None
+    if settings.classifiers.enabled:  # /v1/classifiers, /v1/classify: heads on the same encoder pass
+        classifiers = build_classifiers(settings.classifiers, store_redis.client, nlu.predict_for, meter=gate)
+        mount(app, classifier_router(classifiers, nlu, api, gate))
+        app.router.on_shutdown.append(classifiers.close)
     if settings.access.auth_enabled:
         document_auth(app)
     if settings.dialog.enabled:  # /v1/chat, /v1/sessions: same cached NLU client, one encoder pass
@@ -106,9 +114,10 @@ def create_api(client: NluClient, settings: XzSettings, *, echo_request_id: bool
             nlu.predict_for, settings.dialog, store=settings.store, store_guard=store_redis,
             cache=settings.cache, cache_guard=cache_redis,
             intents=intent_labels(Path(settings.model.artifacts_dir)), oos_threshold=api.oos_threshold,
-            meter=gate,
+            meter=gate, classifiers=classifiers,
         )  # fmt: skip
         mount(app, chat_router(dialog))
+        mount(app, openai_chat_router(dialog))  # /v1/chat/completions: OpenAI's protocol, same turns
         app.router.on_shutdown.append(dialog.close)
     app.router.on_shutdown.extend([nlu.close, cache_redis.close, store_redis.close])
 

@@ -11,25 +11,17 @@ message as the JSON error would, then ``data: [DONE]``; it has no ``done`` event
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import JSONResponse
 
 from xz_serve.dialog.service import ChatTurn, DialogService
 from xz_serve.dialog.sessions import SESSION_ID
 from xz_serve.http.context import Ctx
 from xz_serve.http.schemas import ChatRequest, ChatResponse, ErrorResponse
-from xz_serve.kernel.context import RequestContext
+from xz_serve.http.turn_stream import TurnStream, sse
 from xz_serve.kernel.errors import InvalidInputError, XzError
-from xz_serve.upstream.client import UpstreamError
-
-log = logging.getLogger(__name__)
 
 
 def _check_id(session_id: str) -> str:
@@ -40,77 +32,28 @@ def _check_id(session_id: str) -> str:
     return session_id
 
 
-def _sse(data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {payload}\n\n".encode()
+class ChatEvents:
+    """``/v1/chat``'s events: ``meta``, ``delta``s, ``done`` with the saved reply, or ``error``."""
 
+    def opening(self, turn: ChatTurn) -> bytes:
+        return sse({"type": "meta", **turn.meta()})
 
-def _error_event(exc: XzError) -> bytes:
-    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    if exc.retry_after_s:
-        error["retry_after_s"] = exc.retry_after_s
-    return _sse({"type": "error", "error": error})
+    def delta(self, text: str) -> bytes:
+        return sse({"type": "delta", "content": text})
 
+    def closing(self, turn: ChatTurn) -> list[bytes]:
+        done = turn.body()
+        return [sse({"type": "done", **{k: done[k] for k in ("reply", "policy", "flags", "usage", "cache")}})]
 
-class TurnStream(StreamingResponse):
-    """The SSE response of one streamed turn, which frees the turn however the response ends.
-
-    A client that leaves cancels the response, sometimes while the first message is still being
-    written (a slow client), before the body generator ever starts. So the generator does no cleanup
-    of its own: the release runs here in every case, shielded from the cancellation that ended the
-    response (after a finished turn it finds nothing left to free).
-    """
-
-    def __init__(
-        self, content: AsyncIterator[bytes], turn: ChatTurn, service: DialogService, headers: dict[str, str]
-    ) -> None:
-        super().__init__(content, media_type="text/event-stream", headers=headers)
-        self.turn = turn
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.service.release(self.turn)
+    def error(self, exc: XzError) -> bytes:
+        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.retry_after_s:
+            error["retry_after_s"] = exc.retry_after_s
+        return sse({"type": "error", "error": error})
 
 
 def chat_router(service: DialogService) -> APIRouter:
     router = APIRouter(tags=["chat"])
-
-    async def events(turn: ChatTurn, ctx: RequestContext) -> AsyncIterator[bytes]:
-        # No cleanup here: a generator may be cancelled before it starts, or at an await where a
-        # second cancellation hits its cleanup. TurnStream frees the turn, shielded.
-        yield _sse({"type": "meta", **turn.meta()})
-        failure: XzError | None = None
-        try:
-            if turn.stream is None:
-                yield _sse({"type": "delta", "content": turn.reply})
-            else:
-                parts: list[str] = []
-                try:
-                    async for delta in turn.stream.deltas():
-                        parts.append(delta)
-                        yield _sse({"type": "delta", "content": delta})
-                except UpstreamError as exc:
-                    log.warning("stream interrupted: %s", exc)
-                    turn.flags.append("stream_interrupted")
-                turn.reply = "".join(parts)
-            await service.finish(turn, ctx)
-        except XzError as exc:  # the status line is out: the stream itself says what went wrong
-            failure = exc
-        except Exception:
-            log.exception("streamed turn of session %s failed", turn.session.id)
-            failure = XzError("the turn failed and was not saved")
-        if failure is not None:
-            log.warning("streamed turn of session %s ended with %s", turn.session.id, failure.code)
-            yield _error_event(failure)
-            yield _sse("[DONE]")
-            return
-        done = turn.body()
-        yield _sse({"type": "done", **{k: done[k] for k in ("reply", "policy", "flags", "usage", "cache")}})
-        yield _sse("[DONE]")
 
     busy = {
         "model": ErrorResponse,
@@ -127,7 +70,7 @@ def chat_router(service: DialogService) -> APIRouter:
             turn = await service.begin(request.message, session_id, ctx, stream=True)
             headers["x-session-id"] = turn.session.id
             headers["cache-control"] = "no-cache"
-            return TurnStream(events(turn, ctx), turn, service, headers)
+            return TurnStream(turn, ctx, service, ChatEvents(), headers)
         turn = await service.chat(request.message, session_id, ctx)
         headers["x-session-id"] = turn.session.id
         return JSONResponse(turn.body(), headers=headers)
