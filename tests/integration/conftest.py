@@ -16,6 +16,7 @@ import yaml
 
 from tests.conftest import free_port
 from tests.redis_server import RedisServer
+from tests.standin import StandinServer
 
 ROOT = Path(__file__).parents[2]
 
@@ -31,6 +32,33 @@ def local_args() -> dict[str, Any]:
     args: dict[str, Any] = config["applications"][0]["args"]
     args["model"] = {**args.get("model", {}), "build_if_missing": False}
     return args
+
+
+def chat_args(standin: StandinServer) -> dict[str, Any]:
+    """local_args() with the OpenAI-protocol stand-in as the dialog's only upstream, priced."""
+    args = local_args()
+    args["dialog"] = {
+        **args.get("dialog", {}),
+        "upstreams": [
+            {
+                "name": "standin",
+                "base_url": standin.base_url,
+                "model": "standin-chat-1",
+                "backoff_base_s": 0.05,
+            }
+        ],
+        "prices": {"standin-chat-1": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}},
+    }
+    return args
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StandinServer]:
+    """The OpenAI-protocol stand-in upstream (bench/openai_standin.py) over HTTP, one per module."""
+    server = StandinServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 def wait_ready(base_url: str, timeout_s: float = 120) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import deployed, local_args
+from tests.integration.conftest import chat_args, deployed
 from tests.redis_server import RedisServer
 from tests.standin import StandinServer
 
@@ -20,28 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def standin() -> Iterator[StandinServer]:
-    server = StandinServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def chat_url(serve_url: str, standin: StandinServer) -> Iterator[str]:
-    args: dict[str, Any] = local_args()
-    args["dialog"] = {
-        **args.get("dialog", {}),
-        "upstreams": [
-            {
-                "name": "standin",
-                "base_url": standin.base_url,
-                "model": "standin-chat-1",
-                "backoff_base_s": 0.05,
-            }
-        ],
-        "prices": {"standin-chat-1": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}},
-    }
+    args = chat_args(standin)
     with deployed(serve_url, "chat", args) as url:
         yield url
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 from tests.redis_server import RedisServer, redis_or_skip
 from tests.standin import StandinServer
 from tests.unit.fakes import FakeNluClient
+from tests.unit.leaving_client import leave_stream
 from xz_serve.http.app import create_api
 from xz_serve.settings import StoreSpec, XzSettings
 
@@ -138,44 +138,6 @@ async def test_without_upstream_llm_intents_fall_back_not_500() -> None:
         assert "llm" not in seen and seen & {"fallback", "template", "escalate"}
 
 
-async def leave_stream(app: Any, payload: dict[str, Any], after_chunks: int) -> list[bytes]:
-    """POST /v1/chat as a client that disconnects once it has read ``after_chunks`` body chunks
-    (0: while the response's first message is still being written, so no body is produced at all);
-    the chunks it read. Drives the ASGI app directly, the way uvicorn does (spec 2.3: the app learns
-    of the disconnect from ``receive``)."""
-    body = json.dumps(payload).encode()
-    chunks: list[bytes] = []
-    gone = asyncio.Event()
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start" and after_chunks == 0:
-            await asyncio.sleep(0.05)  # a paused transport (a slow client): the disconnect lands here
-        if message["type"] == "http.response.body" and message.get("body"):
-            chunks.append(message["body"])
-        if len(chunks) >= after_chunks:
-            gone.set()
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": "/v1/chat", "raw_path": b"/v1/chat",
-        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000), "server": ("test", 80),
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    }  # fmt: skip
-    if after_chunks == 0:
-        gone.set()
-    await asyncio.wait_for(app(scope, receive, send), timeout=10)
-    return chunks
-
-
 @pytest.fixture
 def store_redis() -> Iterator[RedisServer]:
     """A real redis-server as the durable store: its lock calls suspend, as in production."""
@@ -198,7 +160,7 @@ async def test_a_client_that_leaves_a_stream_frees_its_session(
         sid = first.json()["session_id"]
         standin.faults(chunk_delay_ms=300)  # the reply streams slowly: the client leaves during it
         message = {"message": "please send 20 dollars to my brother", "session_id": sid, "stream": True}
-        chunks = await leave_stream(app, message, after_chunks)
+        chunks = await leave_stream(app, "/v1/chat", message, after_chunks)
         assert not any(b"[DONE]" in c for c in chunks)  # it left before the end
         standin.faults(chunk_delay_ms=0)
         after = await http.post("/v1/chat", json={"message": "what is my balance", "session_id": sid})

@@ -6,7 +6,6 @@ FakeModel routes "hello there" to an llm rule and "hi" to a template under the s
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,6 +17,7 @@ from tests.redis_server import RedisServer, redis_or_skip
 from tests.standin import StandinServer
 from tests.unit.dialog.live import LLM, TEMPLATE
 from tests.unit.fakes import FakeNluClient
+from tests.unit.leaving_client import leave_stream
 from xz_serve.access.keys import mint
 from xz_serve.access.scopes import scope_for
 from xz_serve.dialog.policy import load_policy
@@ -266,46 +266,6 @@ async def test_a_stream_past_its_deadline_ends_with_an_error_event(
     assert after.status_code == 200, after.text
 
 
-async def leave_stream(
-    app: Any, payload: dict[str, Any], headers: dict[str, str], after_chunks: int
-) -> list[bytes]:
-    """POST a streamed completion as a client that disconnects after ``after_chunks`` body chunks (0:
-    while the first message is still being written), driving the ASGI app the way uvicorn does."""
-    body = json.dumps(payload).encode()
-    chunks_read: list[bytes] = []
-    gone = asyncio.Event()
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start" and after_chunks == 0:
-            await asyncio.sleep(0.05)  # a paused transport (a slow client): the disconnect lands here
-        if message["type"] == "http.response.body" and message.get("body"):
-            chunks_read.append(message["body"])
-        if len(chunks_read) >= after_chunks:
-            gone.set()
-
-    raw = [(k.encode(), v.encode()) for k, v in headers.items()]
-    scope: dict[str, Any] = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": PATH, "raw_path": PATH.encode(),
-        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000), "server": ("test", 80),
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    }  # fmt: skip
-    scope["headers"] += raw
-    if after_chunks == 0:
-        gone.set()
-    await asyncio.wait_for(app(scope, receive, send), timeout=10)
-    return chunks_read
-
-
 @pytest.fixture
 def store_redis() -> Iterator[RedisServer]:
     """A real redis-server as the durable store: freeing the lock is real I/O."""
@@ -321,7 +281,9 @@ async def test_a_client_that_leaves_a_stream_frees_its_session(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
         sid = (await http.post(PATH, json=user(TEMPLATE))).headers["x-session-id"]
         standin.faults(chunk_delay_ms=300)  # the reply streams slowly: the client leaves during it
-        read = await leave_stream(app, {**user(LLM), "stream": True}, {"x-session-id": sid}, after_chunks)
+        read = await leave_stream(
+            app, PATH, {**user(LLM), "stream": True}, after_chunks, {"x-session-id": sid}
+        )
         assert not any(b"[DONE]" in c for c in read)
         standin.faults(chunk_delay_ms=0)
         after = await http.post(PATH, json=user(TEMPLATE), headers={"x-session-id": sid})
