@@ -249,10 +249,14 @@ config["proxy_location"] = "HeadOnly"  # HAProxy on the head reaches the replica
 config["http_options"] = {"host": "127.0.0.1", "port": port}
 (app,) = config["applications"]
 args = app["args"]
-# Absolute paths: the app is built and served in worker processes, not in this shell.
-args["model"] |= {"artifacts_dir": str(root / "artifacts"), "data_dir": str((root / args["model"]["data_dir"]).resolve()),
-                  "intra_op_threads": 1}  # fmt: skip
-args["dialog"]["policy_path"] = str(root / args["dialog"]["policy_path"])
+# Absolute paths: the app is built and served in worker processes, not in this shell. local.yaml
+# leaves them to XzSettings' defaults (so the environment can pick another model), resolved here.
+from xz_serve.settings import XzSettings
+
+defaults = XzSettings()
+model_dir = {name: str((root / getattr(defaults.model, name)).resolve()) for name in ("artifacts_dir", "data_dir")}
+args["model"] |= {**model_dir, "intra_op_threads": 1}
+args.setdefault("dialog", {})["policy_path"] = str(defaults.dialog.policy_path)  # already absolute
 # Two replicas to start (Serve spreads them over the two workers), up to three under load; half a
 # CPU each, so a surviving worker has room for the replicas of a lost one. The look-back is longer
 # than Serve's 10 s metrics interval, as Serve requires.
