@@ -161,4 +161,9 @@ def test_the_gate_binds_before_serve_queues(serve_url: str, bodies: Path) -> Non
     assert set(flood["statuses"]) == {"200", "503"}, flood
     assert flood["errors_not_json"] == 0 and flood["refusals_without_retry_after"] == 0, flood
     assert not any(flood["socket_errors"].values()), flood["socket_errors"]
-    assert flood["ok_latency_ms"]["p50"] < 100, flood  # no wait in Serve's queue (28-33 ms seen, 285 with it)
+    # No wait in Serve's queue. By Little's law a request behind its 64 queued places would wait
+    # about 64 / (the admitted rate); one that never queued waits a batch or two. A bound relative
+    # to the admitted rate holds on a fast CPU and a slow one alike (28 ms at 198 req/s admitted;
+    # 101 ms at 52 req/s on a slower 2-core node; 285 ms with the queue in use at about 200).
+    queued_wait_ms = 1000 * 64 / flood["ok_rps"]
+    assert flood["ok_latency_ms"]["p50"] < queued_wait_ms / 4, (flood, queued_wait_ms)
