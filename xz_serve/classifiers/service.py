@@ -303,8 +303,13 @@ class ClassifierService:
             return train(embeddings, definition.y, definition.labels, self.spec)
 
     async def _embed(self, texts: list[str], ctx: RequestContext) -> tuple[np.ndarray, str]:
-        """Embeddings of ``texts`` in order (each distinct text once), and the encoder's id."""
-        unique = list(dict.fromkeys(texts))
+        """Embeddings of ``texts`` in order (each distinct text once), and the encoder's id.
+
+        The distinct texts go to the encoder shortest first: a batch pads each pass to its longest
+        text and splits where padding would waste too much, so texts of like length make fewer,
+        fuller passes than the order the caller wrote them in.
+        """
+        unique = sorted(dict.fromkeys(texts), key=len)
         rows: dict[str, np.ndarray] = {}
         model_id = ""
         window = self.spec.embed_window
