@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 from local_servers import RedisServer, free_port  # bench/ is sys.path[0]
 from results_md import command_line, write_markdown
-from run import family, log, start_server, stop_server, tail, wait_ready
+from run import family, log, run_wrk, start_server, stop_server, tail, wait_ready
 from texts import BENCH_DIR, REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT))
@@ -49,7 +49,6 @@ from xz_serve.classifiers.spec import ClassifierSpec
 from xz_serve.classifiers.store import Record, RedisClassifierStore
 
 DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
-WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
 OUT = BENCH_DIR / "results" / "classifiers.json"
 NAME = "hwu64"
 TARGETS = {"val_accuracy": 0.90, "create_to_usable_s": 30.0, "rps_ratio": 0.90, "memory_mb": 200.0}
@@ -153,16 +152,7 @@ def write_bodies(path: Path, bodies: list[dict[str, Any]]) -> Path:
 
 
 def wrk(url: str, route: str, bodies: Path, concurrency: int, duration_s: float) -> dict[str, Any]:
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s:g}s", "--latency", "--timeout", "10s",
-           "-s", str(WRK_SCRIPT), url]  # fmt: skip
-    env = {**os.environ, "WRK_TEXTS": str(bodies), "WRK_PATH": route}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration_s + 60, check=False)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk failed (rc {done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
-    data: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
-    bad = data["non2xx"] + data["errors"]["timeout"]
-    data["ok_rps"] = round(max(data["requests"] - bad, 0) / data["duration_s"], 2)
+    data = run_wrk(url, concurrency, duration_s, path=route, texts=bodies)
     log(f"wrk {route} c={concurrency}: {data['ok_rps']} ok req/s, p50 {data['latency_ms']['p50']:.1f} ms, "
         f"p99 {data['latency_ms']['p99']:.1f} ms, non2xx {data['non2xx']}")  # fmt: skip
     return data
