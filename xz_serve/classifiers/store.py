@@ -17,7 +17,6 @@ error (503), never a silent loss.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -25,8 +24,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from xz_serve.classifiers.errors import (
     ClassifierExistsError,
@@ -36,6 +33,7 @@ from xz_serve.classifiers.errors import (
     VersionMismatchError,
 )
 from xz_serve.classifiers.head import Head
+from xz_serve.kernel.redis import STORE_FAILURES, call_durable
 
 T = TypeVar("T")
 CAS_RETRIES = 8  # concurrent updates without If-Match: each loser re-reads the version this often
@@ -177,12 +175,8 @@ class RedisClassifierStore:
 
     async def _call(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         try:
-            async with asyncio.timeout(self.timeout_s):
-                try:
-                    return await op()
-                except RedisConnectionError:  # a pooled connection died with a restarted server: once more
-                    return await op()
-        except (RedisError, OSError, TimeoutError) as exc:
+            return await call_durable(op, self.timeout_s)
+        except STORE_FAILURES as exc:
             raise ClassifierStoreError(f"the classifier store failed to {what}", retry_after_s=1) from exc
 
     async def create(self, tenant: str, record: Record, head: Head, max_count: int) -> Record:

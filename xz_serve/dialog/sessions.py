@@ -16,7 +16,6 @@ tombstone: the running turn's save is refused and the session does not come back
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import secrets
@@ -26,11 +25,9 @@ from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from xz_serve.kernel.errors import XzError
-from xz_serve.kernel.redis import connect
+from xz_serve.kernel.redis import STORE_FAILURES, call_durable, connect
 
 T = TypeVar("T")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -236,12 +233,8 @@ class RedisSessionStore:
 
     async def _call(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         try:
-            async with asyncio.timeout(self.timeout_s):
-                try:
-                    return await op()
-                except RedisConnectionError:  # a pooled connection died with a restarted server: once more
-                    return await op()
-        except (RedisError, OSError, TimeoutError) as exc:
+            return await call_durable(op, self.timeout_s)
+        except STORE_FAILURES as exc:
             raise StoreUnavailableError(f"the session store failed to {what}", retry_after_s=1) from exc
 
     async def get(self, tenant: str, session_id: str) -> Session | None:

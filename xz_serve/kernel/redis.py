@@ -19,6 +19,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,23 @@ def connect(
         client_name=f"xz-{role}-{os.getpid()}",
     )
     return Redis(connection_pool=pool, retry=_reconnect_once())
+
+
+STORE_FAILURES = (RedisError, OSError, TimeoutError)
+"""What ``call_durable`` may raise when the store did not do the work: each caller maps it to its
+own 503."""
+
+
+async def call_durable(op: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+    """``op`` on the durable store within ``timeout_s``, once more when its pooled connection died
+    with a restarted server. Unlike ``RedisGuard`` nothing fails open: the store's users (sessions,
+    classifiers) must know the write happened, so a failure is raised as one of ``STORE_FAILURES``.
+    """
+    async with asyncio.timeout(timeout_s):
+        try:
+            return await op()
+        except RedisConnectionError:
+            return await op()
 
 
 def _reconnect_once() -> Retry:
