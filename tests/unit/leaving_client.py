@@ -1,10 +1,21 @@
-"""An ASGI client that leaves a streamed response early, as a real client drops its connection."""
+"""Reading Server-Sent Events in tests, and an ASGI client that leaves a stream early, as a real
+client drops its connection."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from typing import Any
+
+
+def sse_events(text: str) -> list[Any]:
+    """The ``data:`` events of an SSE body, JSON decoded, with ``[DONE]`` kept as the string."""
+    events: list[Any] = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
 
 
 async def leave_stream(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from tests.redis_server import RedisServer, redis_or_skip
 from tests.standin import StandinServer
 from tests.unit.fakes import FakeNluClient
 from tests.unit.leaving_client import leave_stream
+from tests.unit.leaving_client import sse_events as sse
 from xz_serve.http.app import create_api
 from xz_serve.settings import StoreSpec, XzSettings
 
@@ -32,15 +32,6 @@ async def http(standin: StandinServer) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_api(FakeNluClient(), settings(standin)))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
-
-
-def sse(text: str) -> list[Any]:
-    events = []
-    for block in text.split("\n\n"):
-        if block.startswith("data: "):
-            data = block[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 async def test_multi_turn_session_get_and_delete(http: httpx.AsyncClient) -> None:

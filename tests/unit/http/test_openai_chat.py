@@ -6,7 +6,6 @@ FakeModel routes "hello there" to an llm rule and "hi" to a template under the s
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from tests.standin import StandinServer
 from tests.unit.dialog.live import LLM, TEMPLATE
 from tests.unit.fakes import FakeNluClient
 from tests.unit.leaving_client import leave_stream
+from tests.unit.leaving_client import sse_events as chunks
 from xz_serve.access.keys import mint
 from xz_serve.access.scopes import scope_for
 from xz_serve.dialog.policy import load_policy
@@ -55,15 +55,6 @@ def template_reply(label: str) -> str:
     reply = policy.rule_for(label).reply
     assert reply
     return reply
-
-
-def chunks(text: str) -> list[Any]:
-    events = []
-    for block in text.split("\n\n"):
-        if block.startswith("data: "):
-            data = block[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 async def session_of(http: httpx.AsyncClient, sid: str) -> dict[str, Any]:
