@@ -68,7 +68,10 @@ def texts() -> list[str]:
 async def load(
     url: str, headers: dict[str, str], seconds: float, fault: Callable[[], Awaitable[None]] | None = None
 ) -> list[tuple[float, int, str]]:
-    """8 closed-loop clients for ``seconds``; ``fault`` runs beside them. (time, status, error)."""
+    """8 closed-loop clients for ``seconds``; ``fault`` runs beside them. (time, status, error).
+
+    ``fault`` shares the clients' event loop: anything slow it calls goes through a thread.
+    """
     pool = texts()
     done: list[tuple[float, int, str]] = []
     start = time.monotonic()
@@ -110,6 +113,14 @@ def replicas(state: str = "RUNNING") -> int:
     return int(status.replica_states.get(state, 0))
 
 
+def readyz_status(url: str) -> int:
+    return httpx.get(f"{url}/readyz", timeout=5).status_code
+
+
+def replicas_not_stopped() -> int:
+    return replicas() + replicas("STOPPING")
+
+
 def replica_names() -> list[str]:
     """Named actors of this app's replicas (the dashboard is off, so no state API)."""
     import ray
@@ -127,16 +138,16 @@ def test_killed_replica_costs_at_most_one_percent_and_is_replaced(
 
     async def kill_one() -> None:
         await asyncio.sleep(4)
-        ours = replica_names()
+        ours = await asyncio.to_thread(replica_names)
         assert len(ours) == 2, ours
-        ray.kill(ray.get_actor(ours[0], namespace="serve"), no_restart=True)
+        await asyncio.to_thread(lambda: ray.kill(ray.get_actor(ours[0], namespace="serve"), no_restart=True))
         killed_at = time.monotonic()
         deadline = killed_at + 90
         while time.monotonic() < deadline:
             await asyncio.sleep(1)
-            now = replica_names()
-            replaced = len(now) == 2 and ours[0] not in now and replicas() == 2
-            if replaced and httpx.get(f"{faults_url}/readyz", timeout=5).status_code == 200:
+            now = await asyncio.to_thread(replica_names)
+            replaced = len(now) == 2 and ours[0] not in now and await asyncio.to_thread(replicas) == 2
+            if replaced and (await asyncio.to_thread(readyz_status, faults_url)) == 200:
                 ready_after.append(time.monotonic() - killed_at)
                 return
 
@@ -153,11 +164,9 @@ def test_redis_kill_fails_nothing_and_recovers(
 ) -> None:
     async def kill_both() -> None:
         await asyncio.sleep(3)
-        redis_cache.stop()
-        redis_store.stop()
+        await asyncio.gather(asyncio.to_thread(redis_cache.stop), asyncio.to_thread(redis_store.stop))
         await asyncio.sleep(8)
-        redis_cache.start()
-        redis_store.start()
+        await asyncio.gather(asyncio.to_thread(redis_cache.start), asyncio.to_thread(redis_store.start))
 
     done = asyncio.run(load(faults_url, key, 20, kill_both))
     result = summary(done)
@@ -186,9 +195,13 @@ def test_stopping_replica_drains_in_flight_requests(faults_url: str, key: dict[s
 
     async def scale_down() -> None:
         await asyncio.sleep(3)
-        serve.run(build_app(faults_args(1)), name=APP, route_prefix=f"/{APP}", blocking=False)
+        # serve.run waits for the new config to be running (a minute on a busy node): in a thread,
+        # so the load's own event loop keeps sending. Blocking it stalls requests mid-body and
+        # the server rightly cuts them at body_timeout_s.
+        app = build_app(faults_args(1))
+        await asyncio.to_thread(serve.run, app, name=APP, route_prefix=f"/{APP}", blocking=False)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and replicas() + replicas("STOPPING") > 1:
+        while time.monotonic() < deadline and await asyncio.to_thread(replicas_not_stopped) > 1:
             await asyncio.sleep(0.5)
 
     done = asyncio.run(load(faults_url, key, 15, scale_down))
