@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xz_serve.artifacts.data import DataError, LabelledSet, TaskData, check_task
+from xz_serve.artifacts.data import DataError, TaskData, check_task
 from xz_serve.models.base import softmax
 from xz_serve.models.manifest import (
     CURVE_FILE,
@@ -56,28 +56,18 @@ def check_data(spec: ModelSpec) -> tuple[TaskData, TaskData]:
 
 
 def fingerprint(spec: ModelSpec) -> str:
-    """Hash of every input: the chosen data and the shared negatives, build settings, base
-    weights, build code, library versions."""
-    import onnxruntime
-    import torch
-    import transformers
-
+    """Hash of every input: the graphs' own (``graphs.training_fingerprint``), the shared
+    negatives, every build setting and the code that calibrates and reports."""
     from xz_serve.artifacts.data import fingerprint_files, negative_files
+    from xz_serve.artifacts.graphs import training_fingerprint
 
-    digest = hashlib.sha256()
-    for role, folder in [("intent", spec.intent_dir()), ("sentiment", spec.sentiment_dir())]:
-        for split in ("train", "val"):
-            path = folder / f"{split}.jsonl"
-            digest.update(f"{role}/{split}:".encode())
-            digest.update(fingerprint_files([path]).encode() if path.is_file() else b"absent")
+    digest = hashlib.sha256(training_fingerprint(spec, base_model_dir() / "model.safetensors").encode())
     for name, path in sorted(negative_files(spec.data_dir).items()):
         digest.update(f"negatives/{name}:{fingerprint_files([path])}".encode())
     code = sorted(Path(__file__).parent.glob("*.py"))
     code += [Path(__file__).parents[1] / "models" / f for f in ("preprocess.py", "detector.py")]
     digest.update(fingerprint_files(code).encode())
-    digest.update(fingerprint_files([base_model_dir() / "model.safetensors"]).encode())
     digest.update(spec.build.model_dump_json().encode())
-    digest.update(f"{torch.__version__}|{onnxruntime.__version__}|{transformers.__version__}".encode())
     return digest.hexdigest()
 
 
@@ -109,80 +99,60 @@ def ensure_artifacts(spec: ModelSpec, force: bool = False) -> Manifest:
         return _build(spec, current, intent, sentiment)
 
 
-def _carve(task: TaskData, seed: int) -> tuple[LabelledSet, LabelledSet, str]:
-    """The training and evaluation sets of a task: val.jsonl when there is one, else 10% of train."""
-    from xz_serve.artifacts.data import split_holdout
-
-    train = task.labelled(task.train)
-    if task.val is not None:
-        return train, task.labelled(task.val), "val.jsonl"
-    train, val = split_holdout(train, 0.1, seed + 1)
-    return train, val, "10% of train.jsonl (no val.jsonl)"
+def _reusable_graphs(artifacts_dir: Path, training: str) -> Manifest | None:
+    """The last build's manifest when its graphs came from the same training inputs and are intact."""
+    manifest = read_manifest(artifacts_dir)
+    if manifest is None or manifest.training != training or not (artifacts_dir / REPORT_FILE).exists():
+        return None
+    for name in (FP32_FILE, INT8_FILE):
+        digest = hashlib.sha256((artifacts_dir / name).read_bytes()).hexdigest()[:16]
+        if manifest.files.get(name) != digest:
+            return None
+    return manifest
 
 
 def _build(spec: ModelSpec, current: str, intent: TaskData, sentiment: TaskData) -> Manifest:
     # Heavy imports live here: a replica that finds a finished build never loads torch.
     import numpy as np
-    import torch
-    from transformers import BertModel
 
     from xz_serve.artifacts import data as ds
-    from xz_serve.artifacts import export, oos, report, train
-    from xz_serve.artifacts.network import NluNetwork
+    from xz_serve.artifacts import graphs, oos, report
     from xz_serve.models.onnx_model import OnnxNluModel, load_labels, load_tokenizer
-    from xz_serve.models.preprocess import spell_symbols
 
     build = spec.build
     started = time.perf_counter()
     artifacts_dir = Path(spec.artifacts_dir)
+    base_dir = base_model_dir()
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=artifacts_dir))
-    train.seed_everything(build.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     for task in (intent, sentiment):
         for warning in task.warnings:
             print(f"warning: kept as given (under build.max_conflict_share): {warning}")
     names = intent.names
     oos_index = names.index(ds.OOS_LABEL) if intent.has_oos else -1
-    splits: dict[tuple[str, str], LabelledSet] = {}
-    sources: dict[str, str] = {}
-    for task, data in (("intent", intent), ("sentiment", sentiment)):
-        full, splits[task, "val"], sources[task] = _carve(data, build.seed)
-        splits[task, "train"], splits[task, "holdout"] = ds.split_holdout(full, 0.1, build.seed)
+    parts = graphs.split(intent, sentiment, build.seed)
+    splits, sources = parts.sets, parts.sources
     print(
         f"intent data {intent.folder}: {len(names)} labels"
         f"{' (oos among them)' if oos_index >= 0 else ' (no oos class)'}, "
         f"{len(splits['intent', 'train'].texts)} train, {len(splits['intent', 'holdout'].texts)} holdout, "
         f"{len(splits['intent', 'val'].texts)} val ({sources['intent']})"
     )
-    shutil.copy(base_model_dir() / TOKENIZER_FILE, work / TOKENIZER_FILE)
+    shutil.copy(base_dir / TOKENIZER_FILE, work / TOKENIZER_FILE)
     tokenizer = load_tokenizer(work / TOKENIZER_FILE, build.max_length)
-
-    bert = BertModel.from_pretrained(
-        str(base_model_dir()), attn_implementation="eager", add_pooling_layer=False
-    )
-    network = NluNetwork(bert, len(names), len(sentiment.names))
-    stop = len(network.layers) - build.trainable_layers
-    sets: dict[tuple[str, str], train.TaskSet] = {}
-    for (task, split), labelled in splits.items():
-        tokens = [e.ids for e in tokenizer.encode_batch([spell_symbols(t) for t in labelled.texts])]
-        tokens = [t[: t.index(0)] if 0 in t else t for t in tokens]  # drop batch padding
-        prefixed = train.precompute(network, tokens, stop, f"encode {task} {split}")
-        sets[task, split] = train.TaskSet(task, prefixed, torch.tensor(labelled.labels))
-    history = train.train(
-        network,
-        [sets["intent", "train"], sets["sentiment", "train"]],
-        [sets["intent", "holdout"], sets["sentiment", "holdout"]],
-        [sets["intent", "val"], sets["sentiment", "val"]],
-        build,
-    )
-
-    print("exporting ONNX (FP32), fusing, quantizing (INT8)")
-    raw = work / "raw.onnx"
-    export.export_onnx(network, raw)
-    export.fuse(raw, work / FP32_FILE, bert.config.num_attention_heads, bert.config.hidden_size)
-    raw.unlink()
-    export.quantize(work / FP32_FILE, work / INT8_FILE, build.quant_per_channel)
+    n_labels = (len(names), len(sentiment.names))
+    training = graphs.training_fingerprint(spec, base_dir / "model.safetensors")
+    previous = _reusable_graphs(artifacts_dir, training)
+    if previous is not None:
+        print(f"training inputs unchanged since revision {previous.revision}: reusing its graphs")
+        for name in (FP32_FILE, INT8_FILE):
+            shutil.copy(artifacts_dir / name, work / name)
+        history = json.loads((artifacts_dir / REPORT_FILE).read_text())["history"]
+        original = graphs.original_embeddings(
+            spec, base_dir, tokenizer, splits["intent", "val"].texts, n_labels
+        )
+    else:
+        history, original = graphs.train_graphs(spec, base_dir, tokenizer, parts, n_labels, work)
 
     # The detector is fitted on the INT8 graph's own outputs: the variant replicas serve.
     labels_json: dict[str, Any] = {"intents": list(names), "sentiments": list(sentiment.names)}
@@ -219,19 +189,21 @@ def _build(spec: ModelSpec, current: str, intent: TaskData, sentiment: TaskData)
         "oos_index": oos_index,
         "bias": detector.bias,
         "threshold": detector.threshold,
+        "mix": detector.mix,
+        "temperature": detector.temperature,
         "keep_in_scope": build.oos_keep_in_scope,
     }
     (work / LABELS_FILE).write_text(json.dumps(labels_json, indent=1))
     print(
         f"out-of-scope detector: {', '.join(detector.feature_names)}; threshold {detector.threshold:.4f} "
-        f"keeps {build.oos_keep_in_scope:.1%} of the holdout's in-scope accuracy"
+        f"keeps {build.oos_keep_in_scope:.1%} of the holdout's in-scope accuracy; class means weigh "
+        f"{detector.mix:g} in the labels (temperature {detector.temperature:.1f})"
     )
 
     labels = load_labels(work)
     holdout = oos.Scored.of(
         detector, outputs["holdout"][0], softmax(outputs["holdout"][1]), splits["intent", "holdout"].labels
     )
-    original = sets["intent", "val"].prefixed.original_embedding.numpy()
     eval_texts = [t for texts in eval_negatives.values() for t in texts]
     variants: dict[str, Any] = {}
     details: dict[str, Any] = {}
@@ -271,6 +243,7 @@ def _build(spec: ModelSpec, current: str, intent: TaskData, sentiment: TaskData)
             },
         },
         "history": history,
+        "graphs": {"trained": previous is None, "reused_from": previous.revision if previous else None},
         "detector": {**labels_json["oos_detector"], "weights": detector.weights.tolist()},
         "variants": variants,
         "labels": report.per_label(int8_val, detector.threshold, names),
@@ -287,6 +260,7 @@ def _build(spec: ModelSpec, current: str, intent: TaskData, sentiment: TaskData)
         files.append(CURVE_FILE)
     manifest = Manifest(
         fingerprint=current,
+        training=training,
         model_id=MODEL_NAME,
         revision=revision,
         files={name: hashlib.sha256((work / name).read_bytes()).hexdigest()[:16] for name in files},

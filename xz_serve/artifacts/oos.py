@@ -1,9 +1,9 @@
 """Fitting the out-of-scope detector (``models/detector.py``) and choosing its operating point.
 
-No val set takes part: class means and the shared covariance come from the training texts, the
-logistic combination from the train holdout (its in-scope texts against its ``oos`` texts and the
-out-of-domain negatives drawn from the other shared sets), and the threshold from the holdout's
-in-scope texts alone.
+No val set takes part: class means and the shared covariance come from the training texts; the
+weight of the class-mean posterior in the labels (``mix``) and the logistic combination from the
+train holdout (its in-scope texts against its ``oos`` texts and the out-of-domain negatives drawn
+from the other shared sets); the threshold from the holdout's in-scope texts alone.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ import numpy as np
 from xz_serve.models.detector import OosDetector
 
 DEFAULT_SHRINKAGE = 0.2
+# The blends tried; 0 is the head alone, and a larger weight has to label more holdout texts right.
+MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+# Temperatures tried for the class-mean posterior: squared distances in 384 whitened dimensions
+# run to the hundreds, so the calibrated one lies far above 1.
+TEMPERATURES = tuple(float(t) for t in np.geomspace(0.5, 500.0, 80))
 
 
 def shared_geometry(
@@ -107,9 +112,10 @@ class Scored:
     def of(
         detector: OosDetector, embeddings: np.ndarray, probs: np.ndarray, gold: Sequence[int] | None
     ) -> Scored:
+        blended, scores, _ = detector.label(embeddings, probs)
         return Scored(
-            scores=detector.score(embeddings, probs),
-            argmax=probs.argmax(1),
+            scores=scores,
+            argmax=blended.argmax(1),
             gold=None if gold is None else np.asarray(gold),
             oos_index=detector.oos_index,
         )
@@ -192,9 +198,7 @@ def threshold_for(holdout: Scored, keep: float) -> float:
     return choose_threshold(holdout.scores[rows], holdout.in_scope_correct(), keep)
 
 
-def curve(
-    holdout: Scored, val: Scored, negatives: Scored | None, keeps: Sequence[float]
-) -> list[CurvePoint]:
+def curve(holdout: Scored, val: Scored, negatives: Scored | None, keeps: Sequence[float]) -> list[CurvePoint]:
     """Each ``keep`` (most accuracy kept first): its holdout threshold, and what it does to val."""
     points = []
     for keep in sorted(set(keeps), reverse=True):
@@ -224,6 +228,29 @@ def halve_sources(
     return fit, held
 
 
+def choose_temperature(detector: OosDetector, squared: np.ndarray, labels: np.ndarray) -> float:
+    """The ``TEMPERATURES`` entry under which the class-mean posterior gives the in-scope
+    holdout texts' own intents the least negative log likelihood: calibrated probabilities, so
+    that ``mix`` weighs two comparable experts."""
+    column = {int(c): i for i, c in enumerate(detector.in_scope)}
+    rows = np.array([int(y) in column for y in labels])
+    if not rows.any():
+        return 1.0
+    gold = np.array([column[int(y)] for y in labels[rows]])
+    picked = np.arange(len(gold))
+    losses = [-detector.posterior(squared[rows], t)[picked, gold].mean() for t in TEMPERATURES]
+    return TEMPERATURES[int(np.argmin(losses))]
+
+
+def choose_mix(
+    detector: OosDetector, squared: np.ndarray, head_probs: np.ndarray, labels: np.ndarray
+) -> float:
+    """The ``MIX_GRID`` weight whose blended argmax labels the most holdout texts right; the
+    smallest on a tie, so the head stays alone unless the class means add something."""
+    hits = [int((detector.blend(head_probs, squared, mix).argmax(1) == labels).sum()) for mix in MIX_GRID]
+    return MIX_GRID[int(np.argmax(hits))]
+
+
 def fit_detector(
     train_embeddings: np.ndarray,
     train_labels: np.ndarray,
@@ -236,8 +263,9 @@ def fit_detector(
     keep: float,
     shrinkage: float = DEFAULT_SHRINKAGE,
 ) -> OosDetector:
-    """Fit the whole detector: geometry on train, weights on the holdout and the negatives,
-    threshold on the holdout's in-scope texts so that they keep ``keep`` of their accuracy.
+    """Fit the whole detector: geometry on train; the blend, then the weights on the holdout and
+    the negatives; the threshold on the holdout's in-scope texts so that they keep ``keep`` of their
+    accuracy.
 
     ``oos_index`` is the head column of ``oos`` or -1. Positives for the logistic fit are the
     holdout's ``oos`` texts and the out-of-domain ``negative_*`` texts, weighted so that they
@@ -257,10 +285,13 @@ def fit_detector(
         bias=0.0,
         threshold=1.0,
     )
+    holdout_squared = blank.squared_distances(holdout_embeddings)
+    blank = dataclasses.replace(blank, temperature=choose_temperature(blank, holdout_squared, holdout_labels))
+    blank = dataclasses.replace(blank, mix=choose_mix(blank, holdout_squared, holdout_probs, holdout_labels))
     x = np.concatenate([
-        blank.features(holdout_embeddings, holdout_probs),
+        blank.features(holdout_embeddings, holdout_probs, holdout_squared),
         blank.features(negative_embeddings, negative_probs),
-    ])
+    ])  # fmt: skip
     holdout_oos = holdout_labels == oos_index
     y = np.concatenate([holdout_oos, np.ones(len(negative_embeddings), dtype=bool)]).astype(np.float64)
     if y.sum() == 0:

@@ -23,12 +23,17 @@ MODEL_NAME = "xz-minilm-nlu"
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a finished build left behind; ``revision`` changes whenever any input changes."""
+    """What a finished build left behind; ``revision`` changes whenever any input changes.
+
+    ``training`` is the fingerprint of the trained graphs' inputs alone: a later build with the
+    same one reuses them. Empty for builds that did not record it.
+    """
 
     fingerprint: str
     model_id: str
     revision: str
     files: dict[str, str]
+    training: str = ""
 
     def path(self, artifacts_dir: Path, quantization: str) -> Path:
         return artifacts_dir / (INT8_FILE if quantization == "int8" else FP32_FILE)

@@ -13,21 +13,23 @@ def label_outputs(
 ) -> list[TextPrediction]:
     """Top-k intents, sentiment distribution and embedding per text, in input order.
 
-    Out of scope is the detector's call where the build fitted one (scored from this same pass's
-    embeddings and probabilities); otherwise the ``oos`` label winning or a top confidence under
-    ``labels.oos_threshold``. Every text also carries its out-of-scope score, so a caller can apply
-    a cut of its own: the detector's score, or without one, one minus the top in-scope probability.
+    Out of scope is the detector's call where the build fitted one, scored from this same pass's
+    embeddings and probabilities (which it may also blend with its class means); otherwise the
+    ``oos`` label winning or a top confidence under ``labels.oos_threshold``. Every text also
+    carries its out-of-scope score, so a caller can apply a cut of its own: the detector's score,
+    or without one, one minus the top in-scope probability.
     """
     k = min(top_k, len(labels.intents))
-    top = np.argsort(-outputs.intent_probs, axis=-1)[:, :k]
     flagged = None
+    intent_probs = outputs.intent_probs
     if labels.detector is not None:
-        scores, flagged = labels.detector.flags(outputs.embeddings, outputs.intent_probs)
+        intent_probs, scores, flagged = labels.detector.label(outputs.embeddings, intent_probs)
     else:
-        scores = 1.0 - in_scope_confidence(outputs.intent_probs, labels)
+        scores = 1.0 - in_scope_confidence(intent_probs, labels)
+    top = np.argsort(-intent_probs, axis=-1)[:, :k]
     predictions = []
     for row, indices in enumerate(top):
-        probs = outputs.intent_probs[row]
+        probs = intent_probs[row]
         best = labels.intents[indices[0]]
         predictions.append(
             TextPrediction(

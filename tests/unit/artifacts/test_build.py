@@ -86,3 +86,40 @@ def test_the_fingerprint_follows_the_chosen_data(tmp_path: Path) -> None:
     negatives.mkdir(parents=True)
     (negatives / "stackfaq_dev.jsonl").write_text(json.dumps({"question": "q", "rephrasings": []}) + "\n")
     assert build.fingerprint(spec_for(tmp_path, a, sentiment)) != with_val
+
+
+def test_the_training_fingerprint_ignores_what_only_calibrates(tmp_path: Path) -> None:
+    from xz_serve.artifacts.graphs import training_fingerprint
+
+    a = write_task(tmp_path / "a", {"x": 3, "y": 3})
+    sentiment = write_task(tmp_path / "s", {"positive": 3, "negative": 3})
+    spec = spec_for(tmp_path, a, sentiment)
+    weights = build.base_model_dir() / "model.safetensors"
+    first = training_fingerprint(spec, weights)
+    calibrated = spec.model_copy(update={"build": spec.build.model_copy(update={"oos_keep_in_scope": 0.9})})
+    assert training_fingerprint(calibrated, weights) == first
+    assert build.fingerprint(calibrated) != build.fingerprint(spec)
+    trained = spec.model_copy(update={"build": spec.build.model_copy(update={"epochs": 1})})
+    assert training_fingerprint(trained, weights) != first
+
+
+def test_graphs_are_reused_only_when_intact_and_from_the_same_training_inputs(tmp_path: Path) -> None:
+    import hashlib
+
+    from xz_serve.models.manifest import FP32_FILE, INT8_FILE, MANIFEST_FILE, REPORT_FILE
+
+    art = tmp_path / "art"
+    art.mkdir()
+    files = {}
+    for name, body in ((FP32_FILE, b"fp32"), (INT8_FILE, b"int8"), (REPORT_FILE, b"{}")):
+        (art / name).write_bytes(body)
+        files[name] = hashlib.sha256(body).hexdigest()[:16]
+    manifest = {"fingerprint": "f", "model_id": "m", "revision": "r", "files": files, "training": "t1"}
+    (art / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert build._reusable_graphs(art, "t1") is not None
+    assert build._reusable_graphs(art, "t2") is None  # other training inputs
+    (art / INT8_FILE).write_bytes(b"changed")
+    assert build._reusable_graphs(art, "t1") is None  # not the graph the manifest names
+    (art / INT8_FILE).write_bytes(b"int8")
+    (art / MANIFEST_FILE).write_text(json.dumps({k: v for k, v in manifest.items() if k != "training"}))
+    assert build._reusable_graphs(art, "t1") is None  # a build that did not record its inputs

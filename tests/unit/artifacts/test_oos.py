@@ -213,3 +213,46 @@ def test_halve_sources_is_a_seeded_disjoint_split_per_source() -> None:
     assert len(fit["a"]) == 4 and len(held["a"]) == 5 and fit["b"] == [] and held["b"] == ["b0"]
     assert sorted(fit["a"] + held["a"]) == sorted(sources["a"])
     assert oos.halve_sources(sources, seed=1) == (fit, held)
+
+
+def test_the_mix_stays_zero_when_the_head_is_already_right() -> None:
+    train_x, train_y = clusters(300, seed=21)
+    hold_x, hold_y = clusters(60, seed=22)
+    det = oos.fit_detector(
+        train_x,
+        train_y,
+        hold_x,
+        probs_from(hold_x, 3),
+        hold_y,
+        hold_x[:0],
+        probs_from(hold_x[:0], 3),
+        -1,
+        0.98,
+    )
+    assert det.mix == 0.0
+
+
+def test_the_mix_weighs_the_class_means_in_where_they_label_the_holdout_better() -> None:
+    train_x, train_y = clusters(300, seed=23)
+    hold_x, hold_y = clusters(60, seed=24)
+    # a head that confuses classes 1 and 2 a third of the time, with little confidence
+    rng = np.random.default_rng(25)
+    noisy = np.full((len(hold_x), 3), 0.2)
+    guess = np.where((hold_y > 0) & (rng.random(len(hold_y)) < 0.33), 3 - hold_y, hold_y)
+    noisy[np.arange(len(hold_x)), guess] = 0.6
+    det = oos.fit_detector(train_x, train_y, hold_x, noisy, hold_y, hold_x[:0], noisy[:0], -1, 0.98)
+    assert det.mix > 0.0
+    blended = det.blend(noisy, det.squared_distances(hold_x))
+    assert (blended.argmax(1) == hold_y).mean() > (noisy.argmax(1) == hold_y).mean() + 0.2
+
+
+def test_the_temperature_calibrates_the_class_mean_posterior() -> None:
+    train_x, train_y = clusters(300, seed=26)
+    hold_x, hold_y = clusters(100, seed=27)
+    hold_probs, none = probs_from(hold_x, 3), hold_x[:0]
+    det = oos.fit_detector(train_x, train_y, hold_x, hold_probs, hold_y, none, hold_probs[:0], -1, 0.98)
+    squared = det.squared_distances(hold_x)
+    # Gaussian clusters with the covariance the geometry estimates: the plain posterior is the true one
+    assert 0.5 <= det.temperature <= 2.5
+    # distances ten times as large need a temperature about ten times as high
+    assert oos.choose_temperature(det, 10 * squared, hold_y) == pytest.approx(10 * det.temperature, rel=0.2)

@@ -83,3 +83,46 @@ def test_save_and_load_give_the_same_scores(tmp_path: Path) -> None:
     probs = rng.dirichlet(np.ones(3), size=5)
     assert back.score(emb, probs) == pytest.approx(det.score(emb, probs), rel=1e-6)
     assert (back.threshold, back.oos_index, back.feature_names) == (0.375, 2, det.feature_names)
+
+
+def test_without_a_mix_the_head_labels_alone() -> None:
+    det = detector()
+    head = np.array([[0.9, 0.1]])
+    probs, _, _ = det.label(np.array([[0.0, 1.0]]), head)  # at class 1's mean, the head says 0
+    np.testing.assert_array_equal(probs, head)
+
+
+def test_a_mix_lets_the_class_means_outvote_an_unsure_head() -> None:
+    det = dataclasses.replace(detector(), mix=0.5)
+    at_class_1 = np.array([[0.0, 1.0]])
+    probs, scores, _ = det.label(at_class_1, np.array([[0.6, 0.4]]))
+    assert probs.argmax(1).tolist() == [1] and probs.sum() == pytest.approx(1.0)
+    # a sure head keeps its label: the blend weighs, it does not replace
+    sure, _, _ = det.label(at_class_1, np.array([[0.999, 0.001]]))
+    assert sure.argmax(1).tolist() == [0]
+    # the score reads the head's probabilities, not the blend: the blend moves labels, not the cut
+    off_mean, head = np.array([[0.5, 1.0]]), np.array([[0.6, 0.4]])
+    blended, scores, _ = det.label(off_mean, head)
+    assert scores == pytest.approx(det.score_features(det.features(off_mean, head)), rel=1e-9)
+    assert scores != pytest.approx(det.score_features(det.features(off_mean, blended)), rel=1e-3)
+    assert det.score(off_mean, head) == pytest.approx(scores, rel=1e-9)
+
+
+def test_the_blend_leaves_oos_against_the_best_in_scope_intent_to_the_head() -> None:
+    det = dataclasses.replace(detector(oos_index=2), in_scope=np.array([0, 1]), mix=1.0)
+    head = np.array([[0.3, 0.2, 0.5]])
+    probs = det.blend(head, det.squared_distances(np.array([[1.0, 0.0]])))
+    # oos stays ahead of the best in-scope intent exactly as far as the head put it
+    assert np.log(probs[0, 2] / probs[0, 0]) == pytest.approx(np.log(0.5 / 0.3))
+    assert probs[0, 0] > probs[0, 1]
+
+
+def test_the_mix_is_saved_and_loaded(tmp_path: Path) -> None:
+    det = dataclasses.replace(detector(), mix=0.2)
+    det.save(tmp_path / "d.npz")
+    back = load_detector(
+        tmp_path / "d.npz", {"bias": det.bias, "oos_index": -1, "threshold": 0.5, "mix": 0.2}
+    )
+    assert back.mix == 0.2
+    older = load_detector(tmp_path / "d.npz", {"bias": det.bias, "oos_index": -1, "threshold": 0.5})
+    assert older.mix == 0.0

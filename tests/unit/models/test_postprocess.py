@@ -92,3 +92,19 @@ def test_without_a_detector_the_score_is_one_minus_the_top_in_scope_probability(
     assert oos_cut(LABELS) == 0.5
     # The flag applies the same cut: a score above it is out of scope, one below it is not.
     assert [p.out_of_scope for p in preds] == [False, True, True]
+
+
+def test_a_detector_with_a_mix_serves_the_blended_labels_and_probabilities() -> None:
+    detector = OosDetector(
+        whiten=np.eye(8), centers=np.eye(8)[:3], in_scope=np.array([0, 1, 3]), oos_index=2,
+        feature_mean=np.zeros(3), feature_scale=np.ones(3), weights=np.array([1.0, 0.0, 0.0]),
+        bias=0.0, threshold=0.99, mix=1.0,
+    )  # fmt: skip
+    labels = dataclasses.replace(LABELS, detector=detector)
+    emb = np.zeros((1, 8), dtype=np.float32)
+    emb[0, 1] = 1.0  # on the mean of head column 1 ("greeting")
+    out = NluOutputs(emb, np.array([[0.45, 0.4, 0.05, 0.1]]), np.tile([[0.2, 0.3, 0.5]], (1, 1)), [1])
+    [pred] = label_outputs(out, labels, [1], top_k=2)
+    blended, _, _ = detector.label(emb, out.intent_probs)
+    assert pred.intents[0][0] == "greeting"  # the head alone says "balance"
+    assert [p for _, p in pred.intents] == pytest.approx(np.sort(blended[0])[::-1][:2].tolist())
