@@ -281,20 +281,28 @@ def _tcp_established() -> set[int]:
 
 
 def probe(pid: int, established: set[int]) -> dict[str, int] | None:
-    """RSS (KiB), open fds and established TCP connections of ``pid``; None if it is gone."""
+    """RSS (KiB) and its parts (anonymous: the heap; shared memory: for the raylet, the object
+    store's pages as they are first touched; file-backed: mapped libraries), open fds and
+    established TCP connections of ``pid``; None if it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return None
-    rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    fields = {
+        line.split(":")[0]: line.split()[1]
+        for line in status.splitlines()
+        if line.startswith(("VmRSS:", "Rss"))
+    }
+    rss = int(fields.get("VmRSS", 0))
     conns = 0
     for fd in fds:
         with contextlib.suppress(OSError):
             link = os.readlink(f"/proc/{pid}/fd/{fd}")
             if link.startswith("socket:[") and int(link[8:-1]) in established:
                 conns += 1
-    return {"rss_kib": rss, "fds": len(fds), "conns": conns}
+    parts = {f"{k.lower()}_kib": int(fields.get(k, 0)) for k in ("RssAnon", "RssShmem", "RssFile")}
+    return {"rss_kib": rss, "fds": len(fds), "conns": conns, **parts}
 
 
 class Sampler(threading.Thread):
@@ -303,7 +311,8 @@ class Sampler(threading.Thread):
     def __init__(self, session: int, extra: dict[str, Any], period_s: float, t0: float) -> None:
         super().__init__(daemon=True)
         self.session, self.extra, self.period_s, self.t0 = session, extra, period_s, t0
-        self.series: dict[int, dict[str, Any]] = {}  # pid -> {"name", "samples": [(t, rss, fds, conns)]}
+        # pid -> {"name", "samples": [(t, rss, fds, conns, anon, shmem, file)]}, memory in KiB
+        self.series: dict[int, dict[str, Any]] = {}
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
 
@@ -321,7 +330,17 @@ class Sampler(threading.Thread):
                     continue
                 entry = self.series.setdefault(pid, {"name": name, "samples": []})
                 entry["name"] = name  # a Ray worker takes its actor's name once it hosts one
-                entry["samples"].append((round(t, 1), p["rss_kib"], p["fds"], p["conns"]))
+                entry["samples"].append(
+                    (
+                        round(t, 1),
+                        p["rss_kib"],
+                        p["fds"],
+                        p["conns"],
+                        p["rssanon_kib"],
+                        p["rssshmem_kib"],
+                        p["rssfile_kib"],
+                    )
+                )
 
     def run(self) -> None:
         # The first sample (the baseline) once wrk's connections are open, not while they open.
@@ -821,6 +840,12 @@ def analyse(
                 "rss_mib_end": round(end[1] / 1024, 1),
                 "rss_mib_max": round(max(x[1] for x in samples) / 1024, 1),
                 "rss_growth": round(end[1] / base[1] - 1, 4) if base[1] else None,
+                # Where the growth is: anonymous (heap), shared memory, file-backed (MiB, end - base)
+                "rss_parts_growth_mib": {
+                    part: round((end[i] - base[i]) / 1024, 1)
+                    for i, part in ((4, "anon"), (5, "shmem"), (6, "file"))
+                    if len(end) > i and len(base) > i
+                },
                 "fds_after_warmup": base[2],
                 "fds_end": end[2],
                 "fds_max": max(x[2] for x in samples),
@@ -984,8 +1009,9 @@ def markdown(record: dict[str, Any], png: Path) -> str:
         "that lived at least most of a window past its baseline. fds and connections must stay flat "
         "within the first window (before the faults) and within the last (after them).",
         "",
-        "| process | pid | whole run | RSS MiB baseline → end (max) | growth | fds | TCP conns | 5xx |",
-        "|---|---:|---|---|---:|---|---|---:|",
+        "| process | pid | whole run | RSS MiB baseline → end (max) | growth "
+        "| growth MiB anon / shmem / file | fds | TCP conns | 5xx |",
+        "|---|---:|---|---|---:|---|---|---|---:|",
     ]
     for p in record["processes"]:
         lived = "yes" if p["whole_run"] else f"{p['from_s']}-{p['to_s']} s"
@@ -993,6 +1019,7 @@ def markdown(record: dict[str, Any], png: Path) -> str:
             f"| `{p['name']}` | {p['pid']} | {lived} | "
             f"{p['rss_mib_after_warmup']} → {p['rss_mib_end']} ({p['rss_mib_max']}) | "
             f"{_pct(p['rss_growth'])} | "
+            f"{' / '.join(str(v) for v in p.get('rss_parts_growth_mib', {}).values()) or '-'} | "
             f"{p['fds_after_warmup']} → {p['fds_end']} | {p['conns_after_warmup']} → {p['conns_end']} | "
             f"{p['http_5xx']} |"
         )

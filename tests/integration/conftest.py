@@ -27,10 +27,15 @@ def local_args() -> dict[str, Any]:
     Except that replicas load the artifacts that are there and never build: scripts/test.sh builds
     them before the suite, and a replica that found its fingerprint changed (an edited build
     module) would otherwise train for a quarter of an hour inside a test.
+
+    One model replica, too: the tests that count per-replica state (admission, a key's in-flight
+    share, the L1 caches, the replica killed in the fault tests) are written for one, and the
+    tests of several replicas (autoscaling, multinode) set their own counts.
     """
     config = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
     args: dict[str, Any] = config["applications"][0]["args"]
     args["model"] = {**args.get("model", {}), "build_if_missing": False}
+    args["nlu"] = {**args.get("nlu", {}), "min_replicas": 1, "max_replicas": 1, "num_cpus": 1}
     return args
 
 

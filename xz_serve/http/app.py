@@ -48,6 +48,7 @@ from xz_serve.settings import XzSettings
 
 log = logging.getLogger(__name__)
 
+
 def _store_guard(settings: XzSettings) -> RedisGuard:
     """The durable store's guard: key lookups and limit checks fail within ``store.timeout_ms``;
     sessions share its client with their own, longer deadline."""

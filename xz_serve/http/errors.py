@@ -43,9 +43,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error_response(
-    status: int, code: str, message: str, retry_after_s: float | None = None
-) -> JSONResponse:
+def error_response(status: int, code: str, message: str, retry_after_s: float | None = None) -> JSONResponse:
     """The JSON error body; overload errors carry ``Retry-After`` so clients back off."""
     headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else None
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)

@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
 
 from xz_serve.access.gate import AccessGate
 from xz_serve.access.spec import ApiSpec
 from xz_serve.http import schemas
 from xz_serve.http.context import Ctx
 from xz_serve.http.errors import ERRORS
+from xz_serve.http.json_response import FastJSONResponse
 from xz_serve.kernel.context import RequestContext
 from xz_serve.kernel.errors import InvalidInputError
 from xz_serve.kernel.types import PredictResult
@@ -51,7 +51,7 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
         return await predict(texts, ctx), request.top_k or api.top_k, started
 
     def answer(body: dict[str, Any], result: PredictResult, started: float) -> Response:
-        return JSONResponse(body, headers=_headers(result, started))
+        return FastJSONResponse(body, headers=_headers(result, started))
 
     @router.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
     async def analyze(request: schemas.TextsRequest, ctx: Ctx) -> Response:
@@ -103,11 +103,9 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
             raise InvalidInputError(f"dimensions must be {dim} for this model", code="unsupported_dimensions")
         data = []
         for i, pred in enumerate(result.predictions):
-            vector = np.asarray(pred.embedding, dtype=np.float32)
-            encoded: list[float] | str = (
-                base64.b64encode(vector.tobytes()).decode()
-                if request.encoding_format == "base64"
-                else vector.tolist()
+            vector = np.ascontiguousarray(pred.embedding, dtype=np.float32)
+            encoded: np.ndarray | str = (
+                base64.b64encode(vector.tobytes()).decode() if request.encoding_format == "base64" else vector
             )
             data.append({"object": "embedding", "index": i, "embedding": encoded})
         tokens = sum(p.tokens for p in result.predictions)

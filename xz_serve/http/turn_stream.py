@@ -122,4 +122,3 @@ class TurnStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.service.release(self.turn)
-

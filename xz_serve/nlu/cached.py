@@ -108,7 +108,6 @@ def _key_tenant(tenant: str) -> str:
     return "h" + hashlib.sha256(tenant.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-
 class CachedNluClient:
     """An NluClient in front of another: cached texts are not computed, identical ones only once.
 

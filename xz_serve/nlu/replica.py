@@ -19,6 +19,7 @@ from xz_serve.kernel.types import MAX_TOP_K, BatchStats, CallMeta, PredictResult
 from xz_serve.models.base import NluModel
 from xz_serve.models.postprocess import label_outputs, oos_cut
 from xz_serve.models.spec import ModelSpec
+from xz_serve.nlu.passes import PassQueue
 from xz_serve.nlu.spec import BatchSpec
 from xz_serve.telemetry import configure_telemetry
 from xz_serve.telemetry.batch import BatchTrace, CallTrace
@@ -41,6 +42,7 @@ def load_model(spec: ModelSpec) -> NluModel:
     if spec.build_if_missing:
         ensure_artifacts(spec)
     return load_onnx_model(spec)
+
 
 HEALTH_TEXT = "what is the balance of my checking account"
 Call = tuple[list[str], float, CallMeta | None]  # (texts, enqueue time, caller's request facts)
@@ -78,9 +80,12 @@ class NluReplica:
         self._reference = self.model.predict([HEALTH_TEXT]).embeddings[0]
         self._wait_s = batch.batch_wait_timeout_s
         self._busy_until = 0.0  # when the pass now running is expected to end
-        self._pass_s = 0.01  # moving average of one pass, for that estimate
+        self._text_s = 0.002  # moving average of a pass's seconds per text, for that estimate
         self._pending_texts = 0  # texts admitted and not yet answered (or cancelled)
         self._max_pending_texts = batch.max_batch_size
+        self._passes: PassQueue[Call, PredictResult | Exception] = PassQueue(
+            self._run_live, lambda call: len(call[0]), batch.max_batch_size
+        )
         self.reconfigure(batch.model_dump())
         log.info("replica ready: %s", self.model.model_id)
 
@@ -89,6 +94,7 @@ class NluReplica:
         spec = BatchSpec(**user_config)
         self._wait_s = spec.batch_wait_timeout_s
         self._max_pending_texts = math.ceil(spec.queue_batches * spec.max_batch_size)
+        self._passes.max_texts = spec.max_batch_size
         self._batched.set_max_batch_size(spec.max_batch_size)
         self._batched.set_batch_wait_timeout_s(spec.batch_wait_timeout_s)
 
@@ -123,7 +129,7 @@ class NluReplica:
         # lone call at once, a busy one gathers the calls that arrive meanwhile into one pass.
         now = time.perf_counter()
         self._batched.set_batch_wait_timeout_s(min(max(self._busy_until - now, 0.0), self._wait_s))
-        outcome = await self._batched((texts, now, meta))
+        outcome = await (await self._batched((texts, now, meta)))
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -148,7 +154,11 @@ class NluReplica:
 
     # Size and wait come from BatchSpec in reconfigure(), which __init__ calls before any batch.
     @serve.batch(batch_size_fn=count_texts)
-    async def _batched(self, calls: list[Call]) -> list[PredictResult | Exception]:
+    async def _batched(self, calls: list[Call]) -> list[asyncio.Future[PredictResult | Exception]]:
+        # Returns at once, so Serve cuts the next batch freely; the PassQueue merges what waits.
+        return self._passes.enqueue(calls)
+
+    async def _run_live(self, calls: list[Call]) -> list[PredictResult | Exception]:
         # Calls whose deadline passed while queued get a 504 without taking model time.
         now = time.time()
         late = [bool(meta and meta.deadline is not None and meta.deadline <= now) for _, _, meta in calls]
@@ -197,11 +207,14 @@ class NluReplica:
     async def _infer(self, texts: list[str]) -> dict[str, TextPrediction]:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        self._busy_until = started + self._pass_s
+        # Per text, so a large pass is not taken for a short one. A small pass costs more per text
+        # than the average says, so the estimate errs short: a batch cut early merges in the
+        # PassQueue, while one cut late would leave the model idle.
+        self._busy_until = started + self._text_s * len(texts)
         try:
             outputs = await loop.run_in_executor(self._executor, self.model.predict, texts)
         finally:
             self._busy_until = 0.0
-            self._pass_s = 0.8 * self._pass_s + 0.2 * (time.perf_counter() - started)
+            self._text_s = 0.8 * self._text_s + 0.2 * (time.perf_counter() - started) / max(1, len(texts))
         predictions = label_outputs(outputs, self.model.labels, outputs.token_counts, self.top_k)
         return dict(zip(texts, predictions, strict=True))

@@ -14,11 +14,12 @@ class BatchSpec(_Spec):
 
     max_batch_size: int = Field(32, ge=1, le=512, description="Texts per encoder pass at most.")
     batch_wait_timeout_s: float = Field(
-        0.02,
+        0.2,
         ge=0,
         le=1,
         description="Longest a partial batch waits for company, and only while the model is busy "
-        "with the previous pass: a call that finds the model idle runs at once.",
+        "with the previous pass (it waits until that pass should end, at most this long): a call "
+        "that finds the model idle runs at once.",
     )
     queue_batches: float = Field(
         32,

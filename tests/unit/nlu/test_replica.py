@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import numpy as np
 import pytest
 
 from xz_serve.kernel.errors import ModelFailureError
+from xz_serve.models.base import NluOutputs
 from xz_serve.models.fake import FAIL_MARKER, FakeModel
 from xz_serve.nlu.replica import NluReplica
 from xz_serve.settings import BatchSpec, ModelSpec
@@ -40,9 +42,10 @@ async def test_shuffled_concurrent_callers_each_get_their_own_result() -> None:
         expected = model.predict(requests[i])
         for pred, emb in zip(result.predictions, expected.embeddings, strict=True):
             np.testing.assert_allclose(pred.embedding, emb)
-        assert result.predictions[0].intents[0][0] == model.labels.intents[
-            int(np.argmax(expected.intent_probs[0]))
-        ]
+        assert (
+            result.predictions[0].intents[0][0]
+            == model.labels.intents[int(np.argmax(expected.intent_probs[0]))]
+        )
 
 
 async def test_identical_texts_in_a_batch_are_computed_once() -> None:
@@ -89,3 +92,36 @@ async def test_a_lone_call_does_not_wait_for_batch_mates() -> None:
     replica = make_replica(model, wait_s=0.5)
     result = await asyncio.wait_for(replica.predict(["alone"]), timeout=0.25)
     assert result.stats.queue_ms < 100
+
+
+class SlowModel(FakeModel):
+    """A FakeModel whose pass takes ``pass_s`` (in the inference thread) and records its size."""
+
+    def __init__(self, pass_s: float) -> None:
+        super().__init__()
+        self.pass_s = pass_s
+        self.sizes: list[int] = []
+
+    def predict(self, texts: list[str]) -> NluOutputs:
+        time.sleep(self.pass_s)
+        self.sizes.append(len(texts))
+        return super().predict(texts)
+
+
+async def test_calls_arriving_during_a_long_pass_share_the_next_pass() -> None:
+    # The pass (0.3 s) outlasts the longest wait (0.02 s): Serve cuts several small batches while
+    # it runs, and they must still go to the model as one pass.
+    model = SlowModel(pass_s=0.3)
+    replica = make_replica(model, max_batch_size=32, wait_s=0.02)
+    model.sizes.clear()
+    first = asyncio.create_task(replica.predict(["first"]))
+    await asyncio.sleep(0.05)
+    later = []
+    for i in range(12):
+        later.append(asyncio.create_task(replica.predict([f"later {i}"])))
+        await asyncio.sleep(0.015)
+    results = await asyncio.gather(first, *later)
+    assert model.sizes[0] == 1
+    assert len(model.sizes) <= 3, f"passes of {model.sizes}: batches cut during a pass were not merged"
+    assert sum(model.sizes) == 13
+    assert [r.predictions[0].embedding.shape for r in results] == [(16,)] * 13
