@@ -289,7 +289,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# Exact cache replay (`bench/cache_replay.py`)",
         "",
         f"{a['requests']} requests to `/v1/analyze`, one at a time (c=1, timed by `wrk`), against `serve run "
-        f"deployments/local.yaml` (1 fused replica) with a real redis-server as the cache; "
+        f"deployments/local.yaml` (fused, its replicas as committed) with a real redis-server as the cache; "
         f"{m['host']}, {m['cpus']} CPUs, load average at start {m['loadavg_at_start']}, {m['started']}.",
         f"Stream: {a['stream']}.",
         "",

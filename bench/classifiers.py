@@ -80,9 +80,12 @@ def replica_pid(root: int) -> int:
 
 
 def serve_config(port: int, workdir: Path) -> Path:
-    """deployments/local.yaml on ``port``, so a developer's own server on :8000 can keep running."""
+    """deployments/local.yaml on ``port``, so a developer's own server on :8000 can keep running,
+    with one model replica: the memory a replica spends on heads is read from that one process."""
     config = yaml.safe_load((REPO_ROOT / "deployments" / "local.yaml").read_text())
     config["http_options"]["port"] = port
+    nlu = config["applications"][0]["args"]["nlu"]
+    nlu.update(min_replicas=1, max_replicas=1, num_cpus=1)
     path = workdir / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
