@@ -90,6 +90,18 @@ async def test_embeddings_openai_shape(client: httpx.AsyncClient, fake: FakeNluC
     assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
 
 
+async def test_embedding_floats_read_back_as_the_same_float32(
+    client: httpx.AsyncClient, fake: FakeNluClient
+) -> None:
+    # The body is written from the float32 array itself (orjson): the shortest decimal of each
+    # value, which must parse back to the very same float32, and no longer than it needs to be.
+    response = await client.post("/v1/embeddings", json={"input": "exact"})
+    assert response.headers["content-type"] == "application/json"
+    sent = np.asarray(response.json()["data"][0]["embedding"], dtype=np.float32)
+    assert np.array_equal(sent, fake.model.predict(["exact"]).embeddings[0].astype(np.float32))
+    assert len(response.content) < 24 * len(sent)  # float64 reprs of 17 digits would not fit
+
+
 async def test_embeddings_base64(client: httpx.AsyncClient, fake: FakeNluClient) -> None:
     body = (await client.post("/v1/embeddings", json={"input": "x", "encoding_format": "base64"})).json()
     vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype=np.float32)
@@ -129,9 +141,7 @@ async def test_bad_input_is_a_clear_4xx(
     [(b"{not json", "invalid_json"), (b'{"text": "\xff\xfe"}', "invalid_json"), (b"", "invalid_json")],
 )
 async def test_invalid_json_and_utf8(client: httpx.AsyncClient, content: bytes, code: str) -> None:
-    response = await client.post(
-        "/v1/analyze", content=content, headers={"content-type": "application/json"}
-    )
+    response = await client.post("/v1/analyze", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] in {code, "invalid_request"}
 
@@ -145,8 +155,11 @@ async def test_deeply_nested_json_is_a_4xx(client: httpx.AsyncClient) -> None:
 
 
 async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/analyze", content=json.dumps({"text": "x" * 5000}).encode(),
-                                 headers={"content-type": "application/json"})
+    response = await client.post(
+        "/v1/analyze",
+        content=json.dumps({"text": "x" * 5000}).encode(),
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
 
@@ -183,8 +196,15 @@ async def test_health_models_and_openapi(client: httpx.AsyncClient) -> None:
     assert models["data"][0]["intents"] == ["balance", "greeting", "oos", "transfer"]
     assert models["data"][0]["oos_threshold"] == 1.0  # the fake has no detector and no confidence floor
     paths = (await client.get("/openapi.json")).json()["paths"]
-    for route in ("/v1/analyze", "/v1/intent", "/v1/sentiment", "/v1/embeddings", "/v1/models",
-                  "/healthz", "/readyz"):
+    for route in (
+        "/v1/analyze",
+        "/v1/intent",
+        "/v1/sentiment",
+        "/v1/embeddings",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+    ):
         assert route in paths
 
 
@@ -194,9 +214,11 @@ def test_no_route_or_dependency_runs_in_a_thread_pool(fake: FakeNluClient) -> No
     from fastapi.routing import APIRoute
 
     def sync_calls(dependant: Any) -> list[str]:
-        found = [] if dependant.call is None or inspect.iscoroutinefunction(dependant.call) else [
-            getattr(dependant.call, "__qualname__", repr(dependant.call))
-        ]
+        found = (
+            []
+            if dependant.call is None or inspect.iscoroutinefunction(dependant.call)
+            else [getattr(dependant.call, "__qualname__", repr(dependant.call))]
+        )
         return found + [name for sub in dependant.dependencies for name in sync_calls(sub)]
 
     app = create_api(fake, SETTINGS)
