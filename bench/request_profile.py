@@ -6,7 +6,7 @@ with wrk at ``--concurrency`` (the bench's texts, one per request), records ever
 the replica with py-spy (``--idle`` off: only samples that were running), and writes the collapsed
 stacks and a summary that splits the samples by layer (model, tokenizer, ASGI stack, Serve, ...).
 
-    python bench/profile.py --route /v1/embeddings --concurrency 32 --seconds 20 --name embeddings
+    python bench/request_profile.py --route /v1/embeddings --concurrency 32 --seconds 20 --name embeddings
 
 Writes ``bench/results/profile_<name>.{txt,md,json}``; the collapsed file opens in speedscope or
 flamegraph.pl.
@@ -40,6 +40,7 @@ from run import (
     wait_ready,
     xz_env,
 )
+from soak import name_of
 from texts import LUA_TEXTS, REPO_ROOT, load_texts
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -149,20 +150,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def process_name(pid: int) -> str:
-    """A short name for a server process: Ray's actor title, else the program's file name."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "?"
-    first = argv[0].decode(errors="replace")
-    if first.startswith("ray::"):
-        return first.split()[0].split(":xz:")[0].split(".")[0]
-    words = [Path(a.decode(errors="replace")).name for a in argv if a][:3]
-    script = next((w for w in words[1:] if w.endswith(".py")), None)
-    return script or words[0] if words else "?"
-
-
 def machine_busy_s() -> float:
     """CPU seconds every core has spent busy since boot (/proc/stat, idle and iowait left out)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -174,7 +161,7 @@ def cpu_by_process(pids: set[int]) -> dict[str, float]:
     out: Counter[str] = Counter()
     for pid in pids:
         try:
-            out[process_name(pid)] += cpu_seconds(pid)
+            out[name_of(pid)] += cpu_seconds(pid)
         except (OSError, IndexError):
             continue
     return dict(out)
@@ -251,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = max(1, wrk["requests"])
     result = {
         "started": started,
-        "command": "python bench/profile.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python bench/request_profile.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "server_command": args.xz_cmd,
         "route": args.route,
         "concurrency": args.concurrency,
