@@ -13,8 +13,9 @@ class LruTtlCache:
     """Least-recently-used dict with a per-entry deadline and a hard entry bound.
 
     Single-threaded by design: the ingress runs on one asyncio loop, so no lock is needed. Expired
-    entries are dropped lazily when read, and pushed out by the LRU bound otherwise, so memory
-    never exceeds ``max_entries`` values.
+    entries are dropped when read, and each ``put`` also drops expired ones from the least recently
+    used end, so the cache holds about what arrived within one TTL rather than filling up to
+    ``max_entries`` with dead values (memory follows the working set); the bound still caps it.
     """
 
     def __init__(
@@ -50,11 +51,19 @@ class LruTtlCache:
         if self.max_entries <= 0:
             return
         ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
-        self._data[key] = (self._clock() + ttl, value)
+        now = self._clock()
+        self._data[key] = (now + ttl, value)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
             self.stats.l1_evictions += 1
+        # The least recently used entries are mostly the oldest: drop those already dead. A live
+        # one at the front stops the sweep, so a put costs O(1) amortised.
+        while self._data:
+            oldest = next(iter(self._data.values()))
+            if oldest[0] > now:
+                break
+            self._data.popitem(last=False)
 
     def clear(self) -> None:
         """Forget everything (tests, or a model switch that should free memory at once)."""

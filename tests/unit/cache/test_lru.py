@@ -40,3 +40,26 @@ def test_disabled() -> None:
     cache = LruTtlCache(0, 5)
     cache.put("a", b"1")
     assert cache.get("a") is None and len(cache) == 0
+
+
+def test_a_stream_of_fresh_keys_holds_one_ttl_of_them_not_the_bound() -> None:
+    # 10 new keys a second with a 5 s TTL: about 50 live at a time. Dead values must not sit
+    # in memory until the entry bound (1,000) pushes them out.
+    clock = Clock()
+    cache = LruTtlCache(1_000, 5, clock=clock)
+    for i in range(600):
+        clock.now = i / 10
+        cache.put(f"k{i}", b"v" * 100)
+    assert 49 <= len(cache) <= 51
+    assert cache.get("k599") == b"v" * 100 and cache.get("k0") is None
+    assert cache.stats.l1_evictions == 0  # expiry is not an eviction
+
+
+def test_a_live_entry_at_the_old_end_stops_the_sweep_without_losing_it() -> None:
+    clock = Clock()
+    cache = LruTtlCache(100, 60, clock=clock)
+    cache.put("kept", b"1")  # lives 60 s
+    cache.put("short", b"2", ttl_s=1)
+    clock.now = 2
+    cache.put("new", b"3")
+    assert cache.get("kept") == b"1" and cache.get("new") == b"3"
