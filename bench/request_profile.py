@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     requests = max(1, wrk["requests"])
     result = {
         "started": started,
-        "command": "python bench/request_profile.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python bench/request_profile.py "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "server_command": args.xz_cmd,
         "route": args.route,
         "concurrency": args.concurrency,
