@@ -68,11 +68,7 @@ def replica_pid(root: int, timeout_s: float = 30) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for pid in sorted(_alive(family(root))):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if cmd.startswith("ray::ServeReplica:xz:"):
+            if name_of(pid).startswith("ray::ServeReplica:xz:"):
                 return pid
         time.sleep(0.5)
     raise RuntimeError("no ServeReplica:xz process found")
@@ -145,9 +141,14 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_s(stat: Path) -> float:
+    """User + system CPU seconds from a /proc ``stat`` file (a process's or one of its threads')."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    return _cpu_s(Path(f"/proc/{pid}/stat"))
 
 
 def machine_busy_s() -> float:
@@ -171,12 +172,11 @@ def cpu_by_thread(pid: int) -> dict[str, float]:
     """CPU seconds so far per thread of ``pid``, by thread id (Ray names every thread alike)."""
     out: Counter[str] = Counter()
     for task in Path(f"/proc/{pid}/task").iterdir():
+        name = f"tid {task.name}" + (" (main)" if task.name == str(pid) else "")
         try:
-            name = f"tid {task.name}" + (" (main)" if task.name == str(pid) else "")
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[name] += _cpu_s(task / "stat")
         except OSError:
             continue
-        out[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return dict(out)
 
 

@@ -1,9 +1,10 @@
 """FastJSONResponse: JSON bodies through orjson, numpy arrays included.
 
 The hot routes answer with plain dicts holding floats and embeddings. Starlette's JSONResponse
-runs them through the standard library's encoder, which turned one 384-float embedding into text
-in about 1 ms; orjson takes about 0.07 ms, and writes a float32 array as is (the shortest text that
-reads back as the same float32) without a ``tolist()`` copy into Python floats.
+runs them through the standard library's encoder, which took 0.45-1 ms to turn one 384-float
+embedding into text (after a ``tolist()`` copy); orjson takes 0.03-0.07 ms and writes a float32
+array as is (the shortest text that reads back as the same float32), with no copy into Python
+floats.
 """
 
 from __future__ import annotations
