@@ -283,11 +283,19 @@ def test_redis_commands_and_bytes_per_request_by_route(
     RESULT.write_text(json.dumps(record, indent=1) + "\n")
 
     c = record["cases"]
+
+    def on_request_path(role: dict[str, Any]) -> float:
+        # A replica reads the cache's eviction count with one INFO per 15 s, on whichever request
+        # comes next: one pass in a few holds one, which is not the route's cost.
+        return float(role["commands_sent"] - role["sent"].get("info", 0))
+
     for path in routes:
         miss, hit = c[f"{path} miss"], c[f"{path} hit"]
-        # A miss: one read-and-lease script, then one pipelined write-back; a hit: one read.
-        assert miss["cache"]["commands_sent"] <= 4, miss
-        assert hit["cache"]["commands_sent"] <= 1.05, hit
+        # A miss: one read-and-lease script, then one pipelined write-back (the SET and the lease's
+        # release); a hit: one read.
+        assert on_request_path(miss["cache"]) <= 3.05, miss
+        assert miss["cache"]["sent"].get("info", 0) <= 1.5 / N, miss
+        assert on_request_path(hit["cache"]) <= 1.05, hit
         # The store: the limiter's one script, and the key's lookup once per key_cache_ttl_s.
         assert hit["store"]["commands_sent"] <= 1.1, hit
     assert c["/readyz"]["cache"]["commands_sent"] == 0 == c["/readyz"]["store"]["commands_sent"], c["/readyz"]

@@ -67,6 +67,51 @@ async def test_excess_is_refused_at_once_and_slots_come_back() -> None:
         assert (await http.post("/v1/analyze")).status_code == 200
 
 
+async def test_the_slot_is_free_once_the_last_byte_is_sent() -> None:
+    """Layers inside the gate still work after the answer went out (spans end, metrics record);
+    a client that already has its answer and sends the next request must find the slot free."""
+    next_chunk, teardown = asyncio.Event(), asyncio.Event()
+
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        sent_part.set()
+        await next_chunk.wait()  # a long stream: still held between chunks
+        await send({"type": "http.response.body", "body": b"b"})
+        await teardown.wait()  # after the last byte: the answer is out, the work is not
+
+    sent_part = asyncio.Event()
+    app = AdmissionMiddleware(streaming, limit=1)
+    messages: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, object]) -> None:
+        messages.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/v1/stream", "headers": []}
+    first = asyncio.create_task(app(scope, receive, send))
+    await sent_part.wait()
+    assert app.in_flight == 1
+    await app(scope, receive, send)  # refused: the stream still holds the slot
+    assert messages[-2]["status"] == 503
+    next_chunk.set()
+    for _ in range(10):
+        if messages[-1].get("body") == b"b":
+            break
+        await asyncio.sleep(0)
+    assert messages[-1].get("body") == b"b"
+    assert app.in_flight == 0 and not first.done()  # freed with the last byte, before teardown
+    second = asyncio.create_task(app(scope, receive, send))
+    await asyncio.sleep(0.01)
+    starts = [m["status"] for m in messages if m["type"] == "http.response.start"]
+    assert starts == [200, 503, 200]  # admitted while the first still tears down, not refused
+    teardown.set()
+    await asyncio.gather(first, second)
+    assert app.in_flight == 0  # each request released its slot exactly once
+
+
 async def test_refusals_do_not_share_header_lists() -> None:
     """Outer layers may append to a response's headers in place (Serve adds x-request-id)."""
     sent: list[dict[str, object]] = []
