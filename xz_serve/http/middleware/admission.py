@@ -15,10 +15,11 @@ import math
 import time
 from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xz_serve.http.errors import error_response
 from xz_serve.http.middleware.access import route_path
+from xz_serve.http.middleware.slot import AnswerSlot
 from xz_serve.http.middleware.telemetry import UNMATCHED
 from xz_serve.settings import XzSettings
 from xz_serve.telemetry.metrics import HttpMetrics, http_metrics
@@ -47,8 +48,8 @@ def max_in_flight(settings: XzSettings) -> int:
 
 
 class AdmissionMiddleware:
-    """Counts requests in flight (released with the answer's last byte, on error or on client
-    disconnect); refuses the excess.
+    """Counts requests in flight (an ``AnswerSlot`` each: freed with the answer's last body
+    message, an error or a client disconnect); refuses the excess.
 
     ``routes`` (the app's static paths) label refusals in the metrics the way the telemetry
     middleware labels answers; any other path counts as ``unmatched``.
@@ -79,23 +80,14 @@ class AdmissionMiddleware:
             await self._refuse(scope, send)
             return
         self.in_flight += 1
-        held = True
-
-        async def send_and_release(message: Message) -> None:
-            # The slot is freed as the last body message goes out, not when the app returns: the
-            # layers inside still end spans and record metrics after it, and a client that got its
-            # answer may already have sent its next request, which must find the slot free.
-            nonlocal held
-            if held and message["type"] == "http.response.body" and not message.get("more_body", False):
-                held = False
-                self.in_flight -= 1
-            await send(message)
-
+        slot = AnswerSlot(self._release)
         try:  # a disconnect cancels the request task: `finally` still frees the slot
-            await self.app(scope, receive, send_and_release)
+            await self.app(scope, receive, slot.sending(send))
         finally:
-            if held:
-                self.in_flight -= 1
+            slot.free()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         started = time.perf_counter()

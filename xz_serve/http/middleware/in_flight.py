@@ -18,6 +18,7 @@ from xz_serve.http.context import context_of_scope
 from xz_serve.http.errors import error_response
 from xz_serve.http.middleware.access import route_path
 from xz_serve.http.middleware.admission import max_in_flight
+from xz_serve.http.middleware.slot import AnswerSlot
 from xz_serve.settings import XzSettings
 
 RETRY_AFTER_S = 1
@@ -31,7 +32,7 @@ def max_in_flight_per_key(settings: XzSettings) -> int:
 
 
 class CallerCapMiddleware:
-    """Count each caller's ``/v1/*`` requests until their answer ends; refuse past the cap."""
+    """Count each caller's ``/v1/*`` requests until their answer's last byte; refuse past the cap."""
 
     def __init__(self, app: ASGIApp, cap: int) -> None:
         self.app = app
@@ -52,7 +53,8 @@ class CallerCapMiddleware:
             response = error_response(429, "too_many_in_flight", self._message, RETRY_AFTER_S)
             await response(scope, receive, send)
             return
-        try:  # an answer, an error or a cancelled (disconnected) request: the slot comes back
-            await self.app(scope, receive, send)
+        slot = AnswerSlot(lambda: self.table.release(caller))
+        try:  # the answer's last byte, an error or a cancelled (disconnected) request frees it
+            await self.app(scope, receive, slot.sending(send))
         finally:
-            self.table.release(caller)
+            slot.free()
