@@ -18,10 +18,12 @@ connection keeps one chat session. The rate is half of the saturation rate, meas
 same mix in a closed loop.
 
 Phases: saturation probe, warm-up at the soak rate (caches and allocators settle; the baseline for
-growth is taken at its end), then the soak itself. During the soak: the Redis named by
-``--restart-redis`` is killed and restarted at 30% of the run, and one model replica is killed
-(SIGKILL) at 45%; Serve replaces it. The windows compared are the first and the last quarter (5 of
-20 minutes), so the faults fall between them.
+growth is taken at its end), then the soak itself. The warm-up is a quarter of the run, at most 5
+minutes: Ray's raylet keeps growing for several minutes after start-up before it levels off near 37
+MiB (after a 2-minute warm-up it still grew 10.6-11.2% over the next 20 minutes, most of it early).
+During the soak: the Redis named by ``--restart-redis`` is killed and restarted at 30% of the
+run, and one model replica is killed (SIGKILL) at 45%; Serve replaces it. The windows compared are
+the first and the last quarter (5 of 20 minutes), so the faults fall between them.
 
 Per process (every process of the run's session: replicas, HAProxy, Ray's daemons; plus the
 redis-servers and the stand-in): RSS, open file descriptors and established TCP connections,
@@ -238,6 +240,27 @@ def _stat(pid: int) -> tuple[int, int, str, int] | None:
     return int(fields[1]), int(fields[3]), fields[0], int(fields[19])
 
 
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU of ``pid`` so far, in clock ticks; None once gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def host_ticks() -> tuple[int, int]:
+    """(busy, steal) clock ticks of the whole machine so far, all CPUs: busy is user, nice, system,
+    irq and softirq (guest time is inside user); steal is time the hypervisor gave to others."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, steal
+
+
 def session_pids(session: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -313,6 +336,11 @@ class Sampler(threading.Thread):
         self.session, self.extra, self.period_s, self.t0 = session, extra, period_s, t0
         # pid -> {"name", "samples": [(t, rss, fds, conns, anon, shmem, file)]}, memory in KiB
         self.series: dict[int, dict[str, Any]] = {}
+        # (t, machine busy ticks, steal ticks, the run's processes' ticks): where the CPU went, so
+        # a latency spike can be told apart as the service's own work or load from outside it
+        self.cpu: list[tuple[float, int, int, int]] = []
+        self._ticks: dict[int, int] = {}  # each process's CPU at its last sample
+        self._run_ticks = 0  # the run's processes' CPU since the first sample, summed per process
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
 
@@ -324,7 +352,14 @@ class Sampler(threading.Thread):
             if pid:
                 pids[pid] = label
         t = time.monotonic() - self.t0
+        busy, steal = host_ticks()
+        for pid in pids:
+            if (ticks := cpu_ticks(pid)) is not None:
+                # A process first seen now counts from its start: a replacement's start-up is ours.
+                self._run_ticks += ticks - self._ticks.get(pid, 0 if self.cpu else ticks)
+                self._ticks[pid] = ticks
         with self.lock:
+            self.cpu.append((round(t, 1), busy, steal, self._run_ticks))
             for pid, name in pids.items():
                 if (p := probe(pid, established)) is None:
                     continue
@@ -390,8 +425,13 @@ def serve_config(path: Path, port: int, replicas: int) -> None:
     args["access"] = {"auth_enabled": True}
     args["nlu"] = args["nlu"] | {"min_replicas": replicas, "max_replicas": replicas, "num_cpus": 0.5}
     args["model"] = args["model"] | {"intra_op_threads": 1}
-    # A small L1, full within the warm-up, so its filling is not mistaken for growth afterwards.
-    args["cache"] = args.get("cache", {}) | {"l1_max_entries": 500}
+    # Both per-replica caches are bounded, and both get a budget the warm-up fills, so that their
+    # filling is not mistaken for growth afterwards and eviction churns through the whole soak (a
+    # leak on eviction shows; a cache growing toward its bound does not hide one). At the default
+    # budgets the mix's fresh LLM questions (4.5 KiB each in every replica's reply cache, ~3.7 a
+    # second) would take about an hour to fill the reply cache's 64 MiB: a 20-minute soak would
+    # measure the fill (+9.6 and +10.2% replica RSS in two runs), not a leak.
+    args["cache"] = args.get("cache", {}) | {"l1_max_entries": 500, "semantic_max_bytes": 2**20}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -502,6 +542,9 @@ class Service:
             self.proc.wait(timeout=60)
         left = [pid for pid in before if (st := _stat(pid)) is not None and st[2] != "Z"]
         with socket.socket() as sock:
+            # SO_REUSEADDR: the bind then fails only on a socket still listening there, not on the
+            # closed connections HAProxy leaves in TIME_WAIT for a minute (seen after a short run).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", int(self.url.rsplit(":", 1)[1])))
                 bound = False
@@ -575,6 +618,23 @@ def pct(values: list[float], p: float) -> float | None:
     return round(ordered[max(0, min(len(ordered) - 1, int(len(ordered) * p / 100 + 0.5) - 1))], 2)
 
 
+def cores_between(cpu: list[tuple[float, int, int, int]], start: float, end: float) -> dict[str, Any]:
+    """Mean cores busy between the samples nearest ``start`` and ``end``: the run's processes (the
+    service, its Redis and the stand-in), everything else on the machine (wrk, this script, any
+    neighbour), and steal (CPU the hypervisor gave to other machines)."""
+    inside = [c for c in cpu if start - 1 <= c[0] <= end + 1]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return {"service_cores": None, "other_cores": None, "steal_cores": None}
+    (t0, busy0, steal0, run0), (t1, busy1, steal1, run1) = inside[0], inside[-1]
+    seconds = t1 - t0
+    service = (run1 - run0) * TICK_S / seconds
+    return {
+        "service_cores": round(service, 2),
+        "other_cores": round(max(0.0, (busy1 - busy0) * TICK_S / seconds - service), 2),
+        "steal_cores": round((steal1 - steal0) * TICK_S / seconds, 2),
+    }
+
+
 def window_stats(rows: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
     inside = [r for r in rows if start <= r["t"] < end]
     ok = [r["ms"] for r in inside if r["status"] == 200]
@@ -599,7 +659,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("wrk is not installed")
     duration = args.minutes * 60
     window = duration / 4
-    warmup = args.warmup_s if args.warmup_s is not None else min(120.0, max(20.0, 0.1 * duration))
+    warmup = args.warmup_s if args.warmup_s is not None else min(300.0, max(20.0, 0.25 * duration))
     work = Path(tempfile.mkdtemp(prefix="xz-soak-"))
     lua, data = work / "soak.lua", work / "data.lua"
     lua.write_text(LUA)
@@ -806,6 +866,13 @@ def analyse(
             {"t": round(t + step / 2, 1), "p50_ms": pct(ok, 50), "p99_ms": pct(ok, 99), "ok": len(ok)}
         )
         t += step
+
+    with sampler.lock:
+        cpu = list(sampler.cpu)
+    for bucket in buckets:
+        bucket |= cores_between(cpu, bucket["t"] - step / 2, bucket["t"] + step / 2)
+    first |= cores_between(cpu, first["from_s"], first["to_s"])
+    last |= cores_between(cpu, last["from_s"], last["to_s"])
 
     processes = []
     by_replica = Counter(f"{r['replica']}" for r in rows if r["status"] >= 500 and r["replica"])
@@ -1034,6 +1101,31 @@ def markdown(record: dict[str, Any], png: Path) -> str:
     ]
     for kind in KINDS:
         lines.append(f"| {kind} | {first['p99_ms_by_route'][kind]} | {last['p99_ms_by_route'][kind]} |")
+    spans = record["latency_over_time"]
+    span_s = spans[1]["t"] - spans[0]["t"] if len(spans) > 1 else record["soak"]["duration_s"]
+    lines += [
+        "",
+        "## Where the CPU went",
+        "",
+        "Mean cores busy: the run's processes (service, its Redis, the stand-in); everything else on "
+        "the machine (wrk, this script, any neighbour); and steal (CPU the hypervisor gave to other "
+        f"machines). The {span_s:g}-s spans listed are those whose P99 was over twice the median span's.",
+        "",
+        "| span | P50 ms | P99 ms | service cores | other cores | steal cores |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, w in (("first window", first), ("last window", last)):
+        lines.append(
+            f"| {name} | {w['p50_ms']} | {w['p99_ms']} | {w.get('service_cores')} | "
+            f"{w.get('other_cores')} | {w.get('steal_cores')} |"
+        )
+    typical = pct([b["p99_ms"] for b in spans if b["p99_ms"] is not None], 50)
+    for b in spans:
+        if typical and b["p99_ms"] is not None and b["p99_ms"] > 2 * typical:
+            lines.append(
+                f"| {b['t']:.0f} s | {b['p50_ms']} | {b['p99_ms']} | {b.get('service_cores')} | "
+                f"{b.get('other_cores')} | {b.get('steal_cores')} |"
+            )
     stop = record.get("stop", {})
     lines += [
         "",
@@ -1050,7 +1142,7 @@ def _pct(value: float | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=20.0)
-    parser.add_argument("--warmup-s", type=float, default=None, help="default: 10%% of the run, 20..120 s")
+    parser.add_argument("--warmup-s", type=float, default=None, help="default: 25%% of the run, 20..300 s")
     parser.add_argument("--load", type=float, default=0.5, help="fraction of the saturation rate")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--replicas", type=int, default=2)
