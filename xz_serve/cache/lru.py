@@ -54,16 +54,17 @@ class LruTtlCache:
         now = self._clock()
         self._data[key] = (now + ttl, value)
         self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
-            self.stats.l1_evictions += 1
-        # The least recently used entries are mostly the oldest: drop those already dead. A live
-        # one at the front stops the sweep, so a put costs O(1) amortised.
+        # The least recently used entries are mostly the oldest: drop those already dead first, so
+        # that the bound below evicts (and ``l1_evictions`` counts) live entries only. A live one
+        # at the front stops the sweep, so a put costs O(1) amortised.
         while self._data:
             oldest = next(iter(self._data.values()))
             if oldest[0] > now:
                 break
             self._data.popitem(last=False)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+            self.stats.l1_evictions += 1
 
     def clear(self) -> None:
         """Forget everything (tests, or a model switch that should free memory at once)."""

@@ -63,3 +63,16 @@ def test_a_live_entry_at_the_old_end_stops_the_sweep_without_losing_it() -> None
     clock.now = 2
     cache.put("new", b"3")
     assert cache.get("kept") == b"1" and cache.get("new") == b"3"
+
+
+def test_at_the_bound_a_dead_entry_makes_room_before_a_live_one_is_evicted() -> None:
+    clock = Clock()
+    cache = LruTtlCache(2, 60, clock=clock)
+    cache.put("dead", b"1", ttl_s=1)
+    cache.put("live", b"2")
+    clock.now = 2
+    cache.put("new", b"3")  # the expired entry goes; nothing live had to
+    assert cache.get("live") == b"2" and cache.get("new") == b"3" and len(cache) == 2
+    assert cache.stats.l1_evictions == 0  # only live entries pushed out by the bound count
+    cache.put("newer", b"4")
+    assert cache.stats.l1_evictions == 1 and cache.get("live") is None
