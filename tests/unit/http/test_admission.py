@@ -4,6 +4,7 @@ probes stay open, and a cancelled (disconnected) request frees its slot."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import httpx
 from starlette.types import Receive, Scope, Send
@@ -67,12 +68,12 @@ async def test_excess_is_refused_at_once_and_slots_come_back() -> None:
         assert (await http.post("/v1/analyze")).status_code == 200
 
 
-async def test_the_slot_is_free_once_the_last_byte_is_sent() -> None:
-    """Layers inside the gate still work after the answer went out (spans end, metrics record);
-    a client that already has its answer and sends the next request must find the slot free."""
-    next_chunk, teardown = asyncio.Event(), asyncio.Event()
+def streaming_app(
+    sent_part: asyncio.Event, next_chunk: asyncio.Event, teardown: asyncio.Event
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """A stream of two chunks, then work after its last byte (spans end, metrics record)."""
 
-    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"a", "more_body": True})
         sent_part.set()
@@ -80,8 +81,16 @@ async def test_the_slot_is_free_once_the_last_byte_is_sent() -> None:
         await send({"type": "http.response.body", "body": b"b"})
         await teardown.wait()  # after the last byte: the answer is out, the work is not
 
-    sent_part = asyncio.Event()
-    app = AdmissionMiddleware(streaming, limit=1)
+    return app
+
+
+async def run_two(inside_limit: int | None) -> list[int]:
+    """A stream, a request during it, its last byte, then a request during its teardown: the
+    statuses the three requests got."""
+    sent_part, next_chunk, teardown = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    app = AdmissionMiddleware(
+        streaming_app(sent_part, next_chunk, teardown), limit=1, inside_limit=inside_limit
+    )
     messages: list[dict[str, object]] = []
 
     async def receive() -> dict[str, object]:
@@ -95,21 +104,33 @@ async def test_the_slot_is_free_once_the_last_byte_is_sent() -> None:
     await sent_part.wait()
     assert app.in_flight == 1
     await app(scope, receive, send)  # refused: the stream still holds the slot
-    assert messages[-2]["status"] == 503
     next_chunk.set()
     for _ in range(10):
         if messages[-1].get("body") == b"b":
             break
         await asyncio.sleep(0)
     assert messages[-1].get("body") == b"b"
-    assert app.in_flight == 0 and not first.done()  # freed with the last byte, before teardown
+    assert app.in_flight == 0 and app.inside == 1 and not first.done()  # answered, still inside
     second = asyncio.create_task(app(scope, receive, send))
     await asyncio.sleep(0.01)
-    starts = [m["status"] for m in messages if m["type"] == "http.response.start"]
-    assert starts == [200, 503, 200]  # admitted while the first still tears down, not refused
     teardown.set()
     await asyncio.gather(first, second)
-    assert app.in_flight == 0  # each request released its slot exactly once
+    assert app.in_flight == 0 == app.inside  # each request released both counts exactly once
+    return [int(str(m["status"])) for m in messages if m["type"] == "http.response.start"]
+
+
+async def test_the_slot_is_free_once_the_last_byte_is_sent() -> None:
+    """A client that already has its answer and sends the next request finds the slot free, while
+    the layers inside still work on the first; with room under Serve's slots it is admitted."""
+    statuses = await run_two(inside_limit=2)
+    assert statuses == [200, 503, 200]
+
+
+async def test_requests_still_inside_count_against_serves_slots() -> None:
+    """Serve counts a request until the app returns: at the bound derived from Serve's slots, one
+    in its teardown still counts, so Serve's own plain-text 503 is never reached."""
+    statuses = await run_two(inside_limit=None)  # the bound of both counts is 1
+    assert statuses == [200, 503, 503]
 
 
 async def test_refusals_do_not_share_header_lists() -> None:

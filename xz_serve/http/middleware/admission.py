@@ -43,13 +43,26 @@ def max_in_flight(settings: XzSettings) -> int:
     """
     batch = settings.batch
     derived = settings.api.max_in_flight or math.ceil(batch.queue_batches * batch.max_batch_size)
+    return min(derived, serve_slots_bound(settings))
+
+
+def serve_slots_bound(settings: XzSettings) -> int:
+    """Requests the gate lets into the app at once, answered or not: three quarters of the HTTP
+    replica's ``max_ongoing_requests`` (the rest is for refusals in progress)."""
     slots = (settings.nlu if settings.topology == "fused" else settings.ingress).max_ongoing_requests
-    return min(derived, max(1, math.floor(slots * (1 - REFUSAL_SHARE))))
+    return max(1, math.floor(slots * (1 - REFUSAL_SHARE)))
 
 
 class AdmissionMiddleware:
-    """Counts requests in flight (an ``AnswerSlot`` each: freed with the answer's last body
-    message, an error or a client disconnect); refuses the excess.
+    """Refuses a request past either of two counts, kept apart because they end at different times.
+
+    ``in_flight`` counts the work: a request from arrival to its answer's last body message (an
+    ``AnswerSlot``; an error or a client disconnect ends it too), at most ``limit``. A client that
+    sends its next request as soon as it has an answer must find that slot free, while the layers
+    inside still end spans and record metrics. ``inside`` counts requests until the app returns,
+    which is how long Serve counts them against the replica's slots, at most ``inside_limit``
+    (``serve_slots_bound``; by default ``limit``): so the gate never lets Serve's own bound, and
+    its plain-text 503, be reached.
 
     ``routes`` (the app's static paths) label refusals in the metrics the way the telemetry
     middleware labels answers; any other path counts as ``unmatched``.
@@ -61,10 +74,13 @@ class AdmissionMiddleware:
         limit: int,
         routes: Iterable[str] = (),
         metrics: HttpMetrics | None = None,
+        inside_limit: int | None = None,
     ) -> None:
         self.app = app
         self.limit = limit
+        self.inside_limit = max(limit, inside_limit or limit)
         self.in_flight = 0
+        self.inside = 0
         self.routes = frozenset(routes)
         self.metrics = metrics
         message = f"this replica is at its bound of {limit} requests in flight; retry later"
@@ -76,17 +92,19 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or route_path(scope) in EXEMPT:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
+        if self.in_flight >= self.limit or self.inside >= self.inside_limit:
             await self._refuse(scope, send)
             return
         self.in_flight += 1
-        slot = AnswerSlot(self._release)
-        try:  # a disconnect cancels the request task: `finally` still frees the slot
+        self.inside += 1
+        slot = AnswerSlot(self._answered)
+        try:  # a disconnect cancels the request task: `finally` still frees both counts
             await self.app(scope, receive, slot.sending(send))
         finally:
             slot.free()
+            self.inside -= 1
 
-    def _release(self) -> None:
+    def _answered(self) -> None:
         self.in_flight -= 1
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
@@ -105,4 +123,4 @@ class AdmissionMiddleware:
 def admission_gate(app: ASGIApp, settings: XzSettings, routes: Iterable[str] = ()) -> AdmissionMiddleware:
     """``app`` behind the admission bound the settings derive (the outermost layer of a replica)."""
     metrics = http_metrics() if settings.telemetry.enabled else None
-    return AdmissionMiddleware(app, max_in_flight(settings), routes, metrics)
+    return AdmissionMiddleware(app, max_in_flight(settings), routes, metrics, serve_slots_bound(settings))
