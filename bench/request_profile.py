@@ -40,7 +40,7 @@ from run import (
     wait_ready,
     xz_env,
 )
-from soak import name_of
+from soak import TICK_S, cpu_ticks, name_of
 from texts import LUA_TEXTS, REPO_ROOT, load_texts
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -143,8 +143,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 def _cpu_s(stat: Path) -> float:
     """User + system CPU seconds from a /proc ``stat`` file (a process's or one of its threads')."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = cpu_ticks(stat)
+    if ticks is None:
+        raise ProcessLookupError(f"{stat} is gone")
+    return ticks * TICK_S
 
 
 def cpu_seconds(pid: int) -> float:
@@ -154,7 +156,7 @@ def cpu_seconds(pid: int) -> float:
 def machine_busy_s() -> float:
     """CPU seconds every core has spent busy since boot (/proc/stat, idle and iowait left out)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - fields[3] - fields[4]) * TICK_S
 
 
 def cpu_by_process(pids: set[int]) -> dict[str, float]:

@@ -230,27 +230,29 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------- /proc
 
 
-def _stat(pid: int) -> tuple[int, int, str, int] | None:
-    """(ppid, session, state, start time) of ``pid``; None once gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = data[data.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[3]), fields[0], int(fields[19])
-
-
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_ticks(pid: int) -> int | None:
-    """User + system CPU of ``pid`` so far, in clock ticks; None once gone."""
+def stat_fields(stat: Path) -> list[str] | None:
+    """The fields of a /proc ``stat`` file (a process's or a thread's) after its command name, the
+    state first; None once the process is gone."""
     try:
-        data = Path(f"/proc/{pid}/stat").read_text()
+        data = stat.read_text()
     except OSError:
         return None
-    fields = data[data.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
+    return data[data.rindex(")") + 2 :].split()
+
+
+def _stat(pid: int) -> tuple[int, int, str, int] | None:
+    """(ppid, session, state, start time) of ``pid``; None once gone."""
+    fields = stat_fields(Path(f"/proc/{pid}/stat"))
+    return None if fields is None else (int(fields[1]), int(fields[3]), fields[0], int(fields[19]))
+
+
+def cpu_ticks(stat: Path) -> int | None:
+    """User + system CPU so far, in clock ticks, from a /proc ``stat`` file; None once gone."""
+    fields = stat_fields(stat)
+    return None if fields is None else int(fields[11]) + int(fields[12])
 
 
 def host_ticks() -> tuple[int, int]:
@@ -354,7 +356,7 @@ class Sampler(threading.Thread):
         t = time.monotonic() - self.t0
         busy, steal = host_ticks()
         for pid in pids:
-            if (ticks := cpu_ticks(pid)) is not None:
+            if (ticks := cpu_ticks(Path(f"/proc/{pid}/stat"))) is not None:
                 # A process first seen now counts from its start: a replacement's start-up is ours.
                 self._run_ticks += ticks - self._ticks.get(pid, 0 if self.cpu else ticks)
                 self._ticks[pid] = ticks
@@ -1114,18 +1116,17 @@ def markdown(record: dict[str, Any], png: Path) -> str:
         "| span | P50 ms | P99 ms | service cores | other cores | steal cores |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, w in (("first window", first), ("last window", last)):
-        lines.append(
-            f"| {name} | {w['p50_ms']} | {w['p99_ms']} | {w.get('service_cores')} | "
-            f"{w.get('other_cores')} | {w.get('steal_cores')} |"
-        )
+    def cpu_row(label: str, span: dict[str, Any]) -> str:
+        cores = " | ".join(str(span.get(k)) for k in ("service_cores", "other_cores", "steal_cores"))
+        return f"| {label} | {span['p50_ms']} | {span['p99_ms']} | {cores} |"
+
+    lines += [cpu_row("first window", first), cpu_row("last window", last)]
     typical = pct([b["p99_ms"] for b in spans if b["p99_ms"] is not None], 50)
-    for b in spans:
-        if typical and b["p99_ms"] is not None and b["p99_ms"] > 2 * typical:
-            lines.append(
-                f"| {b['t']:.0f} s | {b['p50_ms']} | {b['p99_ms']} | {b.get('service_cores')} | "
-                f"{b.get('other_cores')} | {b.get('steal_cores')} |"
-            )
+    lines += [
+        cpu_row(f"{b['t']:.0f} s", b)
+        for b in spans
+        if typical and b["p99_ms"] is not None and b["p99_ms"] > 2 * typical
+    ]
     stop = record.get("stop", {})
     lines += [
         "",
