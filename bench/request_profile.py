@@ -40,7 +40,7 @@ from run import (
     wait_ready,
     xz_env,
 )
-from soak import TICK_S, cpu_ticks, name_of
+from soak import TICK_S, cpu_ticks, host_ticks, name_of
 from texts import LUA_TEXTS, REPO_ROOT, load_texts
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -153,10 +153,11 @@ def cpu_seconds(pid: int) -> float:
     return _cpu_s(Path(f"/proc/{pid}/stat"))
 
 
-def machine_busy_s() -> float:
-    """CPU seconds every core has spent busy since boot (/proc/stat, idle and iowait left out)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) * TICK_S
+def machine_s() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of every core since boot: steal, the time the hypervisor gave to
+    other machines, is neither this machine's work nor idle, so it is kept apart."""
+    busy, steal = host_ticks()
+    return busy * TICK_S, steal * TICK_S
 
 
 def cpu_by_process(pids: set[int]) -> dict[str, float]:
@@ -183,12 +184,14 @@ def cpu_by_thread(pid: int) -> dict[str, float]:
 
 
 def cores_used(
-    before: dict[str, float], after: dict[str, float], busy_s: float, wall_s: float
+    before: dict[str, float], after: dict[str, float], busy_s: float, steal_s: float, wall_s: float
 ) -> dict[str, float]:
-    """Cores each server process used over ``wall_s``, and the rest of the machine (wrk included)."""
+    """Cores each server process used over ``wall_s``, the rest of the machine (wrk included), and
+    the cores the hypervisor took for other machines."""
     used = {k: (after[k] - before.get(k, 0.0)) / wall_s for k in after}
     used = {k: round(v, 3) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.005}
     used["everything else (wrk, other tenants)"] = round(busy_s / wall_s - sum(used.values()), 3)
+    used["steal (other machines)"] = round(steal_s / wall_s, 3)
     return used
 
 
@@ -229,10 +232,20 @@ def main(argv: list[str] | None = None) -> int:
         recorder = threading.Thread(target=subprocess.run, args=(spy,), kwargs={"capture_output": True})
         members = _alive(family(proc.pid))
         threads0 = cpu_by_thread(pid)
-        cpu0, by0, busy0, t0 = cpu_seconds(pid), cpu_by_process(members), machine_busy_s(), time.monotonic()
+        cpu0, by0, (busy0, steal0), t0 = (
+            cpu_seconds(pid),
+            cpu_by_process(members),
+            machine_s(),
+            time.monotonic(),
+        )
         recorder.start()
         wrk = run_wrk(DEFAULT_XZ_URL, args.concurrency, args.seconds, args.route, texts)
-        cpu1, by1, busy1, t1 = cpu_seconds(pid), cpu_by_process(members), machine_busy_s(), time.monotonic()
+        cpu1, by1, (busy1, steal1), t1 = (
+            cpu_seconds(pid),
+            cpu_by_process(members),
+            machine_s(),
+            time.monotonic(),
+        )
         threads1 = cpu_by_thread(pid)
         recorder.join(timeout=args.seconds + 60)
     finally:
@@ -249,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": ready.get("detail", ready),
         "wrk": wrk,
         "cpu_ms_per_request": round(1000 * (cpu1 - cpu0) / requests, 2),
-        "cores_by_process": cores_used(by0, by1, busy1 - busy0, t1 - t0),
+        "cores_by_process": cores_used(by0, by1, busy1 - busy0, steal1 - steal0, t1 - t0),
         "cpu_count": os.cpu_count(),
         "replica_ms_per_request_by_thread": {
             k: round(1000 * v / requests, 2)
