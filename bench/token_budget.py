@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,15 @@ def run_policy(
     return {"elapsed_s": elapsed, "passes": passes, "sizes": sizes, "tokens": tokens}
 
 
+def with_paragraphs(texts: list[str], share: float, seed: int = 0) -> list[str]:
+    """``texts`` with ``share`` of them, at seeded places, replaced by five texts joined."""
+    rng = random.Random(seed)
+    out = list(texts)
+    for i in rng.sample(range(len(out)), round(share * len(out))):
+        out[i] = " ".join(rng.sample(texts, 5))
+    return out
+
+
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     passes = [p for r in runs for p in r["passes"]]
     sizes = [s for r in runs for s in r["sizes"]]
@@ -99,9 +109,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--artifacts", type=Path, default=REPO_ROOT / "artifacts")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--long-share",
+        type=float,
+        default=0.0,
+        help="this share of the texts become five texts joined (a paragraph of 80-130 tokens), "
+        "for a length mix with a heavy tail",
+    )
     args = parser.parse_args()
 
-    texts = load_texts(1500)
+    texts = with_paragraphs(load_texts(1500), args.long_share)
     spec = ModelSpec(
         artifacts_dir=args.artifacts.resolve(),
         data_dir=DATA_DIR,
@@ -137,6 +154,7 @@ def main() -> None:
         "what": "bench/token_budget.py: raw INT8 model, one arrival order, passes cut by texts or tokens",
         "threads": args.threads,
         "texts": len(texts),
+        "long_share": args.long_share,
         "tokens_per_text": {
             "mean": round(mean_tokens, 1),
             "p50": float(np.percentile(lengths, 50)),

@@ -7,7 +7,8 @@ text, which keeps the next wait short. Measured on 2 cores with 32 clients: pass
 about 210 ms of queueing at 125 req/s, where one full pass took 130 ms. So the batch method only
 enqueues its calls here and returns at once (one future per call), and the model takes whatever
 is waiting when it frees up, up to ``max_texts`` a pass: a busy model runs full passes whatever the
-wait, and an idle one still runs a lone call at once.
+wait, and an idle one still runs a lone call at once. ``busy`` tells the replica whether a pass
+is running: calls that find the model idle skip Serve's batch queue and come here directly.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class PassQueue(Generic[Item, Result]):
         self.max_texts = max_texts
         self._waiting: deque[tuple[Item, asyncio.Future[Result]]] = deque()
         self._runner: asyncio.Task[None] | None = None
+        self.busy = False  # a pass is running: items enqueued now wait for it to end
 
     def enqueue(self, items: Sequence[Item]) -> list[asyncio.Future[Result]]:
         """A future per item, resolved by the pass that takes it; cancel one to withdraw it."""
@@ -71,6 +73,7 @@ class PassQueue(Generic[Item, Result]):
 
     async def _drain(self) -> None:
         while taken := self._take():
+            self.busy = True
             try:
                 results = await self._run_pass([item for item, _ in taken])
             except Exception as exc:  # a bug in run_pass: fail this pass's items, keep serving
@@ -83,6 +86,8 @@ class PassQueue(Generic[Item, Result]):
                     future.cancel()
                 self._waiting.clear()
                 raise
+            finally:
+                self.busy = False
             for (_, future), result in zip(taken, results, strict=True):
                 if not future.done():
                     future.set_result(result)

@@ -124,12 +124,19 @@ class NluReplica:
             self._pending_texts -= len(texts)
 
     async def _admitted(self, texts: list[str], meta: CallMeta | None) -> PredictResult:
-        # Serve forms the next batch while the current pass runs and reads the wait when a batch
-        # opens. So wait exactly as long as the model stays busy (capped): an idle model runs a
-        # lone call at once, a busy one gathers the calls that arrive meanwhile into one pass.
         now = time.perf_counter()
-        self._batched.set_batch_wait_timeout_s(min(max(self._busy_until - now, 0.0), self._wait_s))
-        outcome = await (await self._batched((texts, now, meta)))
+        if not self._passes.busy:
+            # The model is idle, so there is no batch to form: the call goes straight to the pass
+            # queue, whose next pass takes it with every call arriving in the same moment. Serve's
+            # batch queue would only add its own hops (about 0.4 ms of a lone call's event-loop
+            # time, measured in process).
+            outcome = await self._passes.enqueue([(texts, now, meta)])[0]
+        else:
+            # Serve forms the next batch while the current pass runs and reads the wait when a
+            # batch opens. So wait exactly as long as the model stays busy (capped): the calls
+            # that arrive meanwhile gather into one batch, and the pass queue merges what waits.
+            self._batched.set_batch_wait_timeout_s(min(max(self._busy_until - now, 0.0), self._wait_s))
+            outcome = await (await self._batched((texts, now, meta)))
         if isinstance(outcome, Exception):
             raise outcome
         return outcome

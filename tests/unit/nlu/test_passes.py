@@ -82,3 +82,16 @@ async def test_a_caller_that_left_takes_no_place_in_the_next_pass() -> None:
     assert await first == [0]
     assert await kept == [4]
     assert model.passes == [[0], [2]]
+
+
+async def test_busy_holds_while_a_pass_runs_and_ends_with_it_even_when_it_fails() -> None:
+    model = SlowModel(fail_on=7)
+    queue = PassQueue(model.run, lambda _: 1, max_texts=32)
+    assert not queue.busy
+    running = asyncio.create_task(queue.submit([7]))
+    await asyncio.sleep(0.01)
+    assert queue.busy
+    with pytest.raises(RuntimeError):
+        await running
+    assert not queue.busy
+    assert await queue.submit([1]) == [2] and not queue.busy

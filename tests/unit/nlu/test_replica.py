@@ -94,6 +94,33 @@ async def test_a_lone_call_does_not_wait_for_batch_mates() -> None:
     assert result.stats.queue_ms < 100
 
 
+async def test_an_idle_model_skips_serves_batch_queue_and_a_busy_one_uses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = SlowModel(pass_s=0.1)
+    replica = make_replica(model)
+    # Serve's queue for the batch method (one per method, created on first use in this loop).
+    queue = NluReplica._batched._get_max_batch_size.__self__.queue  # type: ignore[attr-defined]
+    calls: list[int] = []
+    put = queue.put
+    monkeypatch.setattr(queue, "put", lambda request: (calls.append(1), put(request))[1])
+    alone = await replica.predict(["alone"])
+    assert calls == [] and alone.stats.batch_calls == 1  # no batch to form: straight to the model
+    model.sizes.clear()
+    burst = await asyncio.gather(*(replica.predict([f"burst {i}"]) for i in range(6)))
+    assert calls == [] and model.sizes == [6]  # a burst on an idle model: one pass, no Serve hop
+    first = asyncio.create_task(replica.predict(["first"]))
+    await asyncio.sleep(0.03)  # its pass is running
+    during = await asyncio.gather(*(replica.predict([f"during {i}"]) for i in range(4)))
+    await first
+    assert len(calls) == 4 and model.sizes[1:] == [1, 4], (calls, model.sizes)  # gathered by Serve
+    for i, result in enumerate(burst):
+        np.testing.assert_allclose(
+            result.predictions[0].embedding, model.predict([f"burst {i}"]).embeddings[0]
+        )
+    assert all(len(r.predictions) == 1 for r in during)
+
+
 class SlowModel(FakeModel):
     """A FakeModel whose pass takes ``pass_s`` (in the inference thread) and records its size."""
 
