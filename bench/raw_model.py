@@ -47,17 +47,22 @@ def artifacts_current(spec: ModelSpec) -> bool | None:
         return None
 
 
-def measure(
-    seconds: float, batch_size: int, threads: int, artifacts: Path, n_texts: int = 500
-) -> dict[str, Any]:
-    """Batch-``batch_size`` throughput, then batch-1 latency, each for about ``seconds``."""
-    texts = load_texts(n_texts)
-    spec = ModelSpec(
+def bench_spec(artifacts: Path, threads: int) -> ModelSpec:
+    """The shipped model's spec over ``artifacts`` with ``threads`` ONNX Runtime threads."""
+    return ModelSpec(
         artifacts_dir=artifacts.resolve(),
         data_dir=DATA_DIR,
         build_if_missing=False,  # never train inside a benchmark
         intra_op_threads=threads,
     )
+
+
+def measure(
+    seconds: float, batch_size: int, threads: int, artifacts: Path, n_texts: int = 500
+) -> dict[str, Any]:
+    """Batch-``batch_size`` throughput, then batch-1 latency, each for about ``seconds``."""
+    texts = load_texts(n_texts)
+    spec = bench_spec(artifacts, threads)
     t0 = time.perf_counter()
     model = load_onnx_model(spec)
     load_s = time.perf_counter() - t0

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from raw_model import percentiles_ms  # bench/ is sys.path[0] when run as a script
-from texts import DATA_DIR, REPO_ROOT, load_texts
+from raw_model import bench_spec, percentiles_ms  # bench/ is sys.path[0] when run as a script
+from texts import REPO_ROOT, load_texts
 
 from xz_serve.models.loading import load_onnx_model
 from xz_serve.models.preprocess import spell_symbols
-from xz_serve.settings import ModelSpec
 
 RESULTS = REPO_ROOT / "bench" / "results" / "token_budget.json"
 Policy = Callable[[list[int], int], int]  # (token counts, start) -> end of the next pass
@@ -119,13 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = with_paragraphs(load_texts(1500), args.long_share)
-    spec = ModelSpec(
-        artifacts_dir=args.artifacts.resolve(),
-        data_dir=DATA_DIR,
-        build_if_missing=False,
-        intra_op_threads=args.threads,
-    )
-    model = load_onnx_model(spec)
+    model = load_onnx_model(bench_spec(args.artifacts, args.threads))
     lengths = [len(e.ids) for e in model.tokenizer.encode_batch([spell_symbols(t) for t in texts])]
     mean_tokens = float(np.mean(lengths))
     policies: dict[str, Policy] = {"texts<=32": by_texts(32)}
