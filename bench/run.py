@@ -268,6 +268,21 @@ def measure_raw(seconds: float, threads: int) -> dict[str, Any]:
     return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
+def served_threads(xz_cmd: str) -> int | None:
+    """ONNX Runtime threads per model replica in the Serve config ``xz_cmd`` runs (``serve run
+    <config>``), when it sets them: the runtime in use at c=1 is a session of that many threads."""
+    import yaml  # Serve's own dependency
+
+    config = next((Path(a) for a in shlex.split(xz_cmd) if a.endswith((".yaml", ".yml"))), None)
+    if config is None or not (REPO_ROOT / config).exists():
+        return None
+    for app in yaml.safe_load((REPO_ROOT / config).read_text()).get("applications", []):
+        threads = (app.get("args") or {}).get("model", {}).get("intra_op_threads")
+        if threads:
+            return int(threads)
+    return None
+
+
 def bench_server(
     name: str,
     cmd: list[str] | None,
@@ -383,9 +398,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def ratios(
-    raw: dict[str, Any] | None, base: list[dict[str, Any]], xz: list[dict[str, Any]]
+    raw: dict[str, Any] | None,
+    base: list[dict[str, Any]],
+    xz: list[dict[str, Any]],
+    raw_served: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The headline ratios; throughput uses ok req/s (non-2xx and timeouts do not count)."""
+    """The headline ratios; throughput uses ok req/s (non-2xx and timeouts do not count).
+
+    ``raw_served`` is the raw model at the served replicas' thread count: a lone request runs on
+    one replica's session, so its c=1 P50 is also set against that session's batch-1 P50."""
     b_by = {r["concurrency"]: r for r in base}
     x_by = {r["concurrency"]: r for r in xz}
     out: dict[str, Any] = {
@@ -414,6 +435,10 @@ def ratios(
             out["xz_p50_c1_over_raw_batch1_p50"] = _ratio(
                 x_by[1]["latency_ms"]["p50"], raw["batch1"]["latency_ms"]["p50"]
             )
+            if raw_served:
+                out["xz_p50_c1_over_raw_batch1_p50_served_threads"] = _ratio(
+                    x_by[1]["latency_ms"]["p50"], raw_served["batch1"]["latency_ms"]["p50"]
+                )
         batch_key = next(k for k in raw if k.startswith("batch") and k != "batch1")
         if best_x:
             out["xz_best_rps_over_raw_batch_texts_per_s"] = _ratio(
@@ -425,19 +450,19 @@ def ratios(
 def markdown(result: dict[str, Any]) -> str:
     """Human-readable summary of the JSON result."""
     lines = [f"# Serving benchmark ({result['meta']['started']}, {result['meta']['cpus']} CPUs)", ""]
-    raw = result.get("raw")
-    if raw and "error" not in raw:
-        batch_key = next(k for k in raw if k.startswith("batch") and k != "batch1")
-        lines += [
-            f"(a) raw INT8 model in process ({raw['intra_op_threads'] or 'all'} threads): "
-            f"{raw[batch_key]['texts_per_s']:.1f} texts/s at batch {raw[batch_key]['batch_size']}, "
-            f"batch-1 P50 {raw['batch1']['latency_ms']['p50']:.2f} ms "
-            f"(P99 {raw['batch1']['latency_ms']['p99']:.2f} ms); model {raw['model_id']}, "
-            f"artifacts match current build code: {raw.get('artifacts_match_current_code')}",
-            "",
-        ]
-    elif raw:
-        lines += [f"(a) raw model FAILED: {raw['error']}", ""]
+    for raw in (result.get("raw"), result.get("raw_served")):
+        if raw and "error" not in raw:
+            batch_key = next(k for k in raw if k.startswith("batch") and k != "batch1")
+            lines += [
+                f"(a) raw INT8 model in process ({raw['intra_op_threads'] or 'all'} threads): "
+                f"{raw[batch_key]['texts_per_s']:.1f} texts/s at batch {raw[batch_key]['batch_size']}, "
+                f"batch-1 P50 {raw['batch1']['latency_ms']['p50']:.2f} ms "
+                f"(P99 {raw['batch1']['latency_ms']['p99']:.2f} ms); model {raw['model_id']}, "
+                f"artifacts match current build code: {raw.get('artifacts_match_current_code')}",
+                "",
+            ]
+        elif raw:
+            lines += [f"(a) raw model FAILED: {raw['error']}", ""]
     lines += [
         "| system | conc | req/s | ok req/s | P50 ms | P90 ms | P99 ms | non-2xx | socket errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -595,11 +620,15 @@ def main(argv: list[str] | None = None) -> int:
     result["meta"]["command"] = command_line("python bench/run.py", argv)
 
     if "raw" not in args.skip:
-        try:
-            result["raw"] = measure_raw(args.raw_seconds or args.duration, args.raw_threads)
-        except Exception as exc:
-            result["raw"] = {"error": f"{type(exc).__name__}: {exc}"}
-            log(f"raw: FAILED: {result['raw']['error']}")
+        threads = served_threads(args.xz_cmd) if args.xz_url is None else None
+        for key, n in [("raw", args.raw_threads), ("raw_served", threads)]:
+            if key == "raw_served" and (not threads or threads == (args.raw_threads or os.cpu_count())):
+                continue  # the same session as (a)
+            try:
+                result[key] = measure_raw(args.raw_seconds or args.duration, n or 0)
+            except Exception as exc:
+                result[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(f"{key}: FAILED: {result[key]['error']}")
 
     if "baseline" not in args.skip:
         port = free_port()
@@ -626,8 +655,12 @@ def main(argv: list[str] | None = None) -> int:
         result["systems"][name] = res
 
     raw_ok = result["raw"] if result["raw"] and "error" not in result["raw"] else None
+    served = result.get("raw_served")
+    served_ok = served if served and "error" not in served else None
     result["ratios"] = {
-        name: ratios(raw_ok, result["systems"].get("baseline", {}).get("levels", []), res["levels"])
+        name: ratios(
+            raw_ok, result["systems"].get("baseline", {}).get("levels", []), res["levels"], served_ok
+        )
         for name, res in result["systems"].items()
         if name.startswith("xz_serve") and "levels" in res
     }
@@ -640,9 +673,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(md)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
-    failed = (result["raw"] or {}).get("error") or any(
-        "error" in s
-        for s in [*result["systems"].values(), *result.get("peers", {}).get("systems", {}).values()]
+    failed = (
+        (result["raw"] or {}).get("error")
+        or (served or {}).get("error")
+        or any(
+            "error" in s
+            for s in [*result["systems"].values(), *result.get("peers", {}).get("systems", {}).values()]
+        )
     )
     return 1 if failed else 0
 

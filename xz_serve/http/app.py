@@ -8,8 +8,9 @@ A request passes the stages outermost first, each filling the request's ``Reques
 4. ``AccessMiddleware``     API key, scope, per-key limits (only with ``access.auth_enabled``)
 5. ``CallerCapMiddleware``  one key's (auth off: one address's) share of the replica, else 429
 6. ``BodyLimitMiddleware``  the body in full before the route: 413 past its size, 408 past its time
-7. FastAPI's error table    every XzError and validation failure as ``{"error": {...}}``
-8. the route                validates, calls the services, shapes JSON
+7. ``FastRoutes``           a valid NLU request straight to its handler; the rest goes on to FastAPI
+8. FastAPI's error table    every XzError and validation failure as ``{"error": {...}}``
+9. the route                validates, calls the services, shapes JSON
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from xz_serve.http.chat_routes import chat_router
 from xz_serve.http.classifier_routes import classifier_router
 from xz_serve.http.context import context_of_scope
 from xz_serve.http.errors import install_error_handlers
+from xz_serve.http.fast_routes import FastRoutes
 from xz_serve.http.meta_routes import meta_router
 from xz_serve.http.middleware.access import AccessMiddleware
 from xz_serve.http.middleware.admission import AdmissionMiddleware, admission_gate
@@ -36,7 +38,7 @@ from xz_serve.http.middleware.body_limit import BodyLimitMiddleware
 from xz_serve.http.middleware.context import ContextMiddleware
 from xz_serve.http.middleware.in_flight import CallerCapMiddleware, max_in_flight_per_key
 from xz_serve.http.middleware.telemetry import TelemetryMiddleware
-from xz_serve.http.nlu_routes import nlu_router
+from xz_serve.http.nlu_routes import nlu_routes
 from xz_serve.http.openai_chat_routes import openai_chat_router
 from xz_serve.http.openapi import document_auth
 from xz_serve.kernel.redis import RedisGuard
@@ -100,7 +102,8 @@ def create_api(client: NluClient, settings: XzSettings, *, echo_request_id: bool
     gate = AccessGate(settings.access, store_redis)
     app.state.access = gate  # tests add keys to an in-memory store through it
 
-    mount(app, nlu_router(nlu, api, gate))
+    nlu_api = nlu_routes(nlu, api, gate)
+    mount(app, nlu_api.router)
     mount(app, meta_router(client))
     mount(app, admin_router(gate))
     classifiers: ClassifierService | None = None
@@ -123,6 +126,7 @@ def create_api(client: NluClient, settings: XzSettings, *, echo_request_id: bool
     app.router.on_shutdown.extend([nlu.close, cache_redis.close, store_redis.close])
 
     # Added innermost first: the last one added is the outermost.
+    app.add_middleware(FastRoutes, routes=nlu_api.fast)
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes, timeout_s=api.body_timeout_s)
     app.add_middleware(CallerCapMiddleware, cap=max_in_flight_per_key(settings))
     if settings.access.auth_enabled:

@@ -2,13 +2,15 @@
 
 Each validates, charges its texts to the caller's limits, calls the (cached) NLU client once and
 shapes JSON; the batch stats go out as ``x-*`` headers (``x-request-id`` is the context stage's).
+Each handler is served twice over: as a FastAPI route (the schema, and every malformed request) and
+through ``FastRoutes`` for the valid ones (``http/fast_routes.py``).
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import APIRouter, Response
@@ -18,6 +20,7 @@ from xz_serve.access.spec import ApiSpec
 from xz_serve.http import schemas
 from xz_serve.http.context import Ctx
 from xz_serve.http.errors import ERRORS
+from xz_serve.http.fast_routes import FastRoute, fast_routes
 from xz_serve.http.json_response import FastJSONResponse
 from xz_serve.kernel.context import RequestContext
 from xz_serve.kernel.errors import InvalidInputError
@@ -37,9 +40,13 @@ def _headers(result: PredictResult, started: float) -> dict[str, str]:
     }
 
 
-def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRouter:
+class NluRoutes(NamedTuple):
+    router: APIRouter
+    fast: dict[str, FastRoute]
+
+
+def nlu_routes(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> NluRoutes:
     """The NLU routes over ``nlu``; ``gate`` charges texts (anonymous requests are not charged)."""
-    router = APIRouter(responses=ERRORS)
 
     async def predict(texts: list[str], ctx: RequestContext) -> PredictResult:
         await gate.charge_texts(ctx, len(texts))  # the key's texts-per-minute limit (429)
@@ -53,9 +60,7 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
     def answer(body: dict[str, Any], result: PredictResult, started: float) -> Response:
         return FastJSONResponse(body, headers=_headers(result, started))
 
-    @router.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
-    async def analyze(request: schemas.TextsRequest, ctx: Ctx) -> Response:
-        """Intent, sentiment, out-of-scope flag and score per text, from one encoder pass."""
+    async def analyze(request: schemas.TextsRequest, ctx: RequestContext) -> Response:
         result, top_k, started = await run(request, ctx)
         results = [
             {
@@ -69,9 +74,7 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
         ]
         return answer({"model": result.model_id, "results": results}, result, started)
 
-    @router.post("/v1/intent", response_model=schemas.AnalyzeResponse, tags=["nlu"])
-    async def intent(request: schemas.TextsRequest, ctx: Ctx) -> Response:
-        """Intent, out-of-scope flag and score per text."""
+    async def intent(request: schemas.TextsRequest, ctx: RequestContext) -> Response:
         result, top_k, started = await run(request, ctx)
         results = [
             {"index": i, "intent": intent_json(p, top_k, oos := p.out_of_scope_at(api.oos_threshold)),
@@ -80,18 +83,14 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
         ]  # fmt: skip
         return answer({"model": result.model_id, "results": results}, result, started)
 
-    @router.post("/v1/sentiment", response_model=schemas.AnalyzeResponse, tags=["nlu"])
-    async def sentiment(request: schemas.TextsRequest, ctx: Ctx) -> Response:
-        """Sentiment label and scores per text."""
+    async def sentiment(request: schemas.TextsRequest, ctx: RequestContext) -> Response:
         result, _, started = await run(request, ctx)
         results = [
             {"index": i, "sentiment": sentiment_json(p.sentiment)} for i, p in enumerate(result.predictions)
         ]
         return answer({"model": result.model_id, "results": results}, result, started)
 
-    @router.post("/v1/embeddings", response_model=schemas.EmbeddingResponse, tags=["embeddings"])
-    async def embeddings(request: schemas.EmbeddingRequest, ctx: Ctx) -> Response:
-        """OpenAI-compatible embeddings (L2-normalised, 384 dimensions)."""
+    async def embeddings(request: schemas.EmbeddingRequest, ctx: RequestContext) -> Response:
         started = time.perf_counter()
         if isinstance(request.input, str):
             texts = request_texts(request.input, None, api)
@@ -117,4 +116,32 @@ def nlu_router(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> APIRout
         }
         return answer(body, result, started)
 
-    return router
+    router = APIRouter(responses=ERRORS)
+
+    @router.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
+    async def analyze_route(request: schemas.TextsRequest, ctx: Ctx) -> Response:
+        """Intent, sentiment, out-of-scope flag and score per text, from one encoder pass."""
+        return await analyze(request, ctx)
+
+    @router.post("/v1/intent", response_model=schemas.AnalyzeResponse, tags=["nlu"])
+    async def intent_route(request: schemas.TextsRequest, ctx: Ctx) -> Response:
+        """Intent, out-of-scope flag and score per text."""
+        return await intent(request, ctx)
+
+    @router.post("/v1/sentiment", response_model=schemas.AnalyzeResponse, tags=["nlu"])
+    async def sentiment_route(request: schemas.TextsRequest, ctx: Ctx) -> Response:
+        """Sentiment label and scores per text."""
+        return await sentiment(request, ctx)
+
+    @router.post("/v1/embeddings", response_model=schemas.EmbeddingResponse, tags=["embeddings"])
+    async def embeddings_route(request: schemas.EmbeddingRequest, ctx: Ctx) -> Response:
+        """OpenAI-compatible embeddings (L2-normalised, 384 dimensions)."""
+        return await embeddings(request, ctx)
+
+    fast = fast_routes(router.routes, {
+        "/v1/analyze": (schemas.TextsRequest, analyze),
+        "/v1/intent": (schemas.TextsRequest, intent),
+        "/v1/sentiment": (schemas.TextsRequest, sentiment),
+        "/v1/embeddings": (schemas.EmbeddingRequest, embeddings),
+    })  # fmt: skip
+    return NluRoutes(router, fast)
