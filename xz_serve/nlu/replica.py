@@ -82,6 +82,7 @@ class NluReplica:
         self._busy_until = 0.0  # when the pass now running is expected to end
         self._text_s = 0.002  # moving average of a pass's seconds per text, for that estimate
         self._pending_texts = 0  # texts admitted and not yet answered (or cancelled)
+        self._held: set[int] = set()  # ids of the calls in Serve's batch queue, not yet passed on
         self._max_pending_texts = batch.max_batch_size
         self._passes: PassQueue[Call, PredictResult | Exception] = PassQueue(
             self._run_live, lambda call: len(call[0]), batch.max_batch_size
@@ -125,18 +126,24 @@ class NluReplica:
 
     async def _admitted(self, texts: list[str], meta: CallMeta | None) -> PredictResult:
         now = time.perf_counter()
-        if not self._passes.busy:
+        call = (texts, now, meta)
+        if not self._passes.busy and not self._held:
             # The model is idle, so there is no batch to form: the call goes straight to the pass
             # queue, whose next pass takes it with every call arriving in the same moment. Serve's
             # batch queue would only add its own hops (about 0.4 ms of a lone call's event-loop
-            # time, measured in process).
-            outcome = await self._passes.enqueue([(texts, now, meta)])[0]
+            # time, measured in process). Not while Serve still holds calls (a pass that ended
+            # before its estimate), which this one would otherwise overtake.
+            outcome = await self._passes.enqueue([call])[0]
         else:
             # Serve forms the next batch while the current pass runs and reads the wait when a
             # batch opens. So wait exactly as long as the model stays busy (capped): the calls
             # that arrive meanwhile gather into one batch, and the pass queue merges what waits.
             self._batched.set_batch_wait_timeout_s(min(max(self._busy_until - now, 0.0), self._wait_s))
-            outcome = await (await self._batched((texts, now, meta)))
+            self._held.add(id(call))
+            try:
+                outcome = await (await self._batched(call))
+            finally:
+                self._held.discard(id(call))  # a caller that left while held
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -163,6 +170,7 @@ class NluReplica:
     @serve.batch(batch_size_fn=count_texts)
     async def _batched(self, calls: list[Call]) -> list[asyncio.Future[PredictResult | Exception]]:
         # Returns at once, so Serve cuts the next batch freely; the PassQueue merges what waits.
+        self._held.difference_update(id(call) for call in calls)
         return self._passes.enqueue(calls)
 
     async def _run_live(self, calls: list[Call]) -> list[PredictResult | Exception]:

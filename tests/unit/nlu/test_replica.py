@@ -121,6 +121,21 @@ async def test_an_idle_model_skips_serves_batch_queue_and_a_busy_one_uses_it(
     assert all(len(r.predictions) == 1 for r in during)
 
 
+async def test_a_call_on_an_idle_model_does_not_overtake_calls_serve_still_holds() -> None:
+    model = SlowModel(pass_s=0.1)
+    replica = make_replica(model, wait_s=0.5)
+    replica._text_s = 1.0  # the estimate errs long: Serve holds the calls past the pass's end
+    model.sizes.clear()
+    first = asyncio.create_task(replica.predict(["first"]))
+    await asyncio.sleep(0.03)  # its pass is running
+    held = [asyncio.create_task(replica.predict([f"held {i}"])) for i in range(3)]
+    await asyncio.sleep(0.15)  # the pass has ended; Serve's batch waits out its 0.5 s
+    assert model.sizes == [1] and not replica._passes.busy
+    late = asyncio.create_task(replica.predict(["late"]))
+    await asyncio.gather(first, *held, late)
+    assert model.sizes == [1, 4], model.sizes  # late joined the held calls, and went no earlier
+
+
 class SlowModel(FakeModel):
     """A FakeModel whose pass takes ``pass_s`` (in the inference thread) and records its size."""
 
