@@ -454,7 +454,8 @@ def markdown(result: dict[str, Any]) -> str:
         if raw and "error" not in raw:
             batch_key = next(k for k in raw if k.startswith("batch") and k != "batch1")
             lines += [
-                f"(a) raw INT8 model in process ({raw['intra_op_threads'] or 'all'} threads): "
+                f"(a) raw INT8 model in process ({raw['intra_op_threads'] or 'all'} "
+                f"thread{'' if raw['intra_op_threads'] == 1 else 's'}): "
                 f"{raw[batch_key]['texts_per_s']:.1f} texts/s at batch {raw[batch_key]['batch_size']}, "
                 f"batch-1 P50 {raw['batch1']['latency_ms']['p50']:.2f} ms "
                 f"(P99 {raw['batch1']['latency_ms']['p99']:.2f} ms); model {raw['model_id']}, "
@@ -620,12 +621,13 @@ def main(argv: list[str] | None = None) -> int:
     result["meta"]["command"] = command_line("python bench/run.py", argv)
 
     if "raw" not in args.skip:
+        runs = {"raw": args.raw_threads}
         threads = served_threads(args.xz_cmd) if args.xz_url is None else None
-        for key, n in [("raw", args.raw_threads), ("raw_served", threads)]:
-            if key == "raw_served" and (not threads or threads == (args.raw_threads or os.cpu_count())):
-                continue  # the same session as (a)
+        if threads and threads != (args.raw_threads or os.cpu_count()):
+            runs["raw_served"] = threads  # (a) again, as one replica's session
+        for key, n in runs.items():
             try:
-                result[key] = measure_raw(args.raw_seconds or args.duration, n or 0)
+                result[key] = measure_raw(args.raw_seconds or args.duration, n)
             except Exception as exc:
                 result[key] = {"error": f"{type(exc).__name__}: {exc}"}
                 log(f"{key}: FAILED: {result[key]['error']}")
