@@ -2,8 +2,8 @@
 
 Each validates, charges its texts to the caller's limits, calls the (cached) NLU client once and
 shapes JSON; the batch stats go out as ``x-*`` headers (``x-request-id`` is the context stage's).
-Each handler is served twice over: as a FastAPI route (the schema, and every malformed request) and
-through ``FastRoutes`` for the valid ones (``http/fast_routes.py``).
+Each is served twice over: as a FastAPI route (the schema, and every request the fast path passes
+on) and, for a valid request, straight from ``FastRoutes`` (``http/fast_routes.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class NluRoutes(NamedTuple):
 
 def nlu_routes(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> NluRoutes:
     """The NLU routes over ``nlu``; ``gate`` charges texts (anonymous requests are not charged)."""
+    router = APIRouter(responses=ERRORS)
 
     async def predict(texts: list[str], ctx: RequestContext) -> PredictResult:
         await gate.charge_texts(ctx, len(texts))  # the key's texts-per-minute limit (429)
@@ -60,7 +61,9 @@ def nlu_routes(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> NluRout
     def answer(body: dict[str, Any], result: PredictResult, started: float) -> Response:
         return FastJSONResponse(body, headers=_headers(result, started))
 
-    async def analyze(request: schemas.TextsRequest, ctx: RequestContext) -> Response:
+    @router.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
+    async def analyze(request: schemas.TextsRequest, ctx: Ctx) -> Response:
+        """Intent, sentiment, out-of-scope flag and score per text, from one encoder pass."""
         result, top_k, started = await run(request, ctx)
         results = [
             {
@@ -74,7 +77,9 @@ def nlu_routes(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> NluRout
         ]
         return answer({"model": result.model_id, "results": results}, result, started)
 
-    async def intent(request: schemas.TextsRequest, ctx: RequestContext) -> Response:
+    @router.post("/v1/intent", response_model=schemas.AnalyzeResponse, tags=["nlu"])
+    async def intent(request: schemas.TextsRequest, ctx: Ctx) -> Response:
+        """Intent, out-of-scope flag and score per text."""
         result, top_k, started = await run(request, ctx)
         results = [
             {"index": i, "intent": intent_json(p, top_k, oos := p.out_of_scope_at(api.oos_threshold)),
@@ -83,14 +88,18 @@ def nlu_routes(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> NluRout
         ]  # fmt: skip
         return answer({"model": result.model_id, "results": results}, result, started)
 
-    async def sentiment(request: schemas.TextsRequest, ctx: RequestContext) -> Response:
+    @router.post("/v1/sentiment", response_model=schemas.AnalyzeResponse, tags=["nlu"])
+    async def sentiment(request: schemas.TextsRequest, ctx: Ctx) -> Response:
+        """Sentiment label and scores per text."""
         result, _, started = await run(request, ctx)
         results = [
             {"index": i, "sentiment": sentiment_json(p.sentiment)} for i, p in enumerate(result.predictions)
         ]
         return answer({"model": result.model_id, "results": results}, result, started)
 
-    async def embeddings(request: schemas.EmbeddingRequest, ctx: RequestContext) -> Response:
+    @router.post("/v1/embeddings", response_model=schemas.EmbeddingResponse, tags=["embeddings"])
+    async def embeddings(request: schemas.EmbeddingRequest, ctx: Ctx) -> Response:
+        """OpenAI-compatible embeddings (L2-normalised, 384 dimensions)."""
         started = time.perf_counter()
         if isinstance(request.input, str):
             texts = request_texts(request.input, None, api)
@@ -116,28 +125,7 @@ def nlu_routes(nlu: ContextPredictor, api: ApiSpec, gate: AccessGate) -> NluRout
         }
         return answer(body, result, started)
 
-    router = APIRouter(responses=ERRORS)
-
-    @router.post("/v1/analyze", response_model=schemas.AnalyzeResponse, tags=["nlu"])
-    async def analyze_route(request: schemas.TextsRequest, ctx: Ctx) -> Response:
-        """Intent, sentiment, out-of-scope flag and score per text, from one encoder pass."""
-        return await analyze(request, ctx)
-
-    @router.post("/v1/intent", response_model=schemas.AnalyzeResponse, tags=["nlu"])
-    async def intent_route(request: schemas.TextsRequest, ctx: Ctx) -> Response:
-        """Intent, out-of-scope flag and score per text."""
-        return await intent(request, ctx)
-
-    @router.post("/v1/sentiment", response_model=schemas.AnalyzeResponse, tags=["nlu"])
-    async def sentiment_route(request: schemas.TextsRequest, ctx: Ctx) -> Response:
-        """Sentiment label and scores per text."""
-        return await sentiment(request, ctx)
-
-    @router.post("/v1/embeddings", response_model=schemas.EmbeddingResponse, tags=["embeddings"])
-    async def embeddings_route(request: schemas.EmbeddingRequest, ctx: Ctx) -> Response:
-        """OpenAI-compatible embeddings (L2-normalised, 384 dimensions)."""
-        return await embeddings(request, ctx)
-
+    # FastAPI's decorators return the functions as they are: the fast path calls the same ones.
     fast = fast_routes(router.routes, {
         "/v1/analyze": (schemas.TextsRequest, analyze),
         "/v1/intent": (schemas.TextsRequest, intent),

@@ -235,7 +235,7 @@ class NluReplica:
 
     def _labelled(self, texts: list[str]) -> list[TextPrediction]:
         # Labelling (the out-of-scope detector's distances, top-k) runs in the inference thread,
-        # straight after the pass while its arrays are in cache: off the event loop, which under
-        # load is the replica's other bottleneck, and one thread hop per pass as before.
+        # straight after the pass: off the event loop, which under load is the replica's other
+        # bottleneck, with one thread hop per pass as before.
         outputs = self.model.predict(texts)
         return label_outputs(outputs, self.model.labels, outputs.token_counts, self.top_k)

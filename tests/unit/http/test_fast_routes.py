@@ -119,6 +119,14 @@ def test_a_handler_without_a_post_route_is_refused() -> None:
         fast_routes(APIRouter().routes, {"/v1/missing": (TextsRequest, lambda request, ctx: None)})  # type: ignore[arg-type,return-value]
 
 
+def test_the_schema_keeps_each_routes_operation_id() -> None:
+    # Client generators name their methods after these.
+    paths = create_api(FakeNluClient(), SETTINGS).openapi()["paths"]
+    ids = {path: paths[path]["post"]["operationId"] for path in ("/v1/analyze", "/v1/embeddings")}
+    expected = {"/v1/analyze": "analyze_v1_analyze_post", "/v1/embeddings": "embeddings_v1_embeddings_post"}
+    assert ids == expected
+
+
 # The whole app, with and without the fast path: every answer the same, valid or not.
 CASES: list[tuple[str, bytes, str | None]] = [
     ("/v1/analyze", json.dumps({"text": "what is my balance"}).encode(), "application/json"),
