@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xz_serve.http.context import context_of_scope
 from xz_serve.http.errors import error_response
+from xz_serve.http.middleware.body_limit import replaying
 from xz_serve.kernel.context import RequestContext
 from xz_serve.kernel.errors import XzError
 
@@ -36,28 +38,30 @@ Handler = Callable[[Any, RequestContext], Awaitable[Response]]
 
 @dataclass(frozen=True)
 class FastRoute:
-    """A POST route's request model and handler (the same function its FastAPI route calls).
+    """A POST route's body model and endpoint, both read off the FastAPI route itself, so the fast
+    path validates exactly what the route declares and calls the function the route calls.
 
-    ``route`` is the FastAPI route itself: the fast path puts it on the scope as the router would,
-    so the telemetry stage names spans and metrics by its template either way.
+    ``route`` is put on the scope as the router would, so the telemetry stage names spans and
+    metrics by its template either way.
     """
 
-    route: BaseRoute
+    route: APIRoute
     model: type[BaseModel]
     handler: Handler
 
 
-def fast_routes(
-    routes: Iterable[BaseRoute], handlers: dict[str, tuple[type[BaseModel], Handler]]
-) -> dict[str, FastRoute]:
-    """The fast path of each POST route in ``routes`` that ``handlers`` names, by path."""
+def fast_routes(routes: Iterable[BaseRoute], paths: Iterable[str]) -> dict[str, FastRoute]:
+    """The fast path of the POST route at each of ``paths``, by path: one JSON body model each, and
+    an endpoint called as ``endpoint(body, context)``."""
+    wanted = set(paths)
     table = {}
     for route in routes:
-        path = getattr(route, "path", None)
-        if path in handlers and "POST" in (getattr(route, "methods", None) or ()):
-            model, handler = handlers[path]
-            table[path] = FastRoute(route, model, handler)
-    if missing := set(handlers) - set(table):
+        if isinstance(route, APIRoute) and route.path in wanted and "POST" in route.methods:
+            model = route.body_field.field_info.annotation if route.body_field else None
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise ValueError(f"{route.path}: the fast path needs one pydantic body model")
+            table[route.path] = FastRoute(route, model, route.endpoint)
+    if missing := wanted - set(table):
         raise ValueError(f"no POST route for {sorted(missing)}")
     return table
 
@@ -86,7 +90,7 @@ class FastRoutes:
         messages = await _body(receive)
         request = _parse(route.model, messages)
         if request is None:
-            await self.app(scope, _replay(messages, receive), send)
+            await self.app(scope, replaying(messages, receive), send)
             return
         scope["route"] = route.route
         try:
@@ -114,12 +118,3 @@ def _parse(model: type[BaseModel], messages: list[Message]) -> BaseModel | None:
         return model.model_validate(orjson.loads(b"".join(m.get("body", b"") for m in messages)))
     except (orjson.JSONDecodeError, ValidationError):
         return None
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    pending = list(messages)
-
-    async def replay() -> Message:
-        return pending.pop(0) if pending else await receive()
-
-    return replay

@@ -65,14 +65,11 @@ class BodyLimitMiddleware:
             await self._too_large(scope, receive, send)
             return
         # What came, as one message; a client that left mid-body still reads as one that left.
-        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": last is not None}]
+        body: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": last is not None}
+        pending = [body]
         if last is not None:
             pending.append(last)
-
-        async def replay() -> Message:
-            return pending.pop(0) if pending else await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(pending, receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, "payload_too_large", f"the body exceeds {self.max_bytes} bytes")
@@ -86,3 +83,13 @@ class BodyLimitMiddleware:
         response = error_response(408, "body_timeout", message)
         response.headers["connection"] = "close"  # the rest of the body is never read
         await response(scope, receive, send)
+
+
+def replaying(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that hands out ``messages`` (already read) first, then the server's own."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
